@@ -1,0 +1,129 @@
+"""Command line: each subcommand maps its flags to one library call. A ConfigError is printed
+as one line, `zerograd: error: ...`, with exit code 2 and no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import ConfigError
+
+
+def _train(args) -> int:
+    from .config import load_config
+    from .train import train
+
+    overrides = list(args.set or [])
+    if args.data_dir:
+        overrides.append(f"data_dir={args.data_dir}")
+    cfg = load_config(args.preset, overrides)
+    out = args.out or Path("runs") / f"{args.preset or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = train(cfg, out, quiet=args.quiet, force=args.force)
+    if not args.quiet:
+        print(f"run folder: {run.dir}", file=sys.stderr)
+    return 0
+
+
+def _eval(args) -> int:
+    from .evaluate import evaluate_path
+
+    result = evaluate_path(args.path, n=args.n, steps=args.steps, restarts=args.restarts,
+                           alpha=args.alpha, eps=args.eps, which=args.checkpoint,
+                           data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        a = result["attack"]
+        print(f"checkpoint {result['checkpoint']}\n"
+              f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
+              f"clean accuracy   {100 * result['clean_acc']:6.2f}%\n"
+              f"PGD-{a['steps']}-{a['restarts']} accuracy {100 * result['robust_acc']:6.2f}%  "
+              f"({result['seconds']:.1f}s)")
+    return 0
+
+
+def _methods(args) -> int:
+    from .perturb import METHODS, method_params
+
+    for name, fn in METHODS.items():
+        params = ", ".join(f"{k}={v}" for k, v in method_params(name).items())
+        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<10} {params}\n{'':<10} {doc}")
+    return 0
+
+
+def _presets(args) -> int:
+    from .config import preset_names, read_preset
+
+    for name in preset_names():
+        print(f"{name:<28} {read_preset(name).get('description', '')}")
+    return 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    report = run_bench(model=args.model, batch_size=args.batch_size, repeats=args.repeats,
+                       methods=args.methods, threads=args.threads, quiet=args.json)
+    if args.json:
+        print(json.dumps(report))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zerograd", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model (see `zerograd presets`)")
+    p.add_argument("--preset", help="preset name or a YAML file")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set eps=8/255 --set method_args.q=0.4")
+    p.add_argument("--out", help="run folder (default runs/PRESET-TIMESTAMP)")
+    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="clean and PGD accuracy of a run folder or checkpoint")
+    p.add_argument("path", help="run folder or checkpoint file")
+    p.add_argument("--n", type=int, help="evaluate the first N test images")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--restarts", type=int, default=10)
+    p.add_argument("--alpha", type=float, default=None, help="PGD step in units of eps (default 2/255 / eps)")
+    p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder")
+    p.add_argument("--data-dir")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("methods", help="training methods and their default hyperparameters")
+    p.set_defaults(func=_methods)
+    p = sub.add_parser("presets", help="available presets")
+    p.set_defaults(func=_presets)
+
+    p = sub.add_parser("bench", help="time one training step of each method side by side")
+    p.add_argument("--model", default="preact_resnet18")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--methods", nargs="*", help="subset of the benchmarked methods")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"zerograd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("zerograd: interrupted", file=sys.stderr)
+        return 130

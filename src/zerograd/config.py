@@ -1,0 +1,323 @@
+"""Run configuration: one dataclass, YAML presets, `key=value` overrides checked against
+field types, and validation that runs before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class Config:
+    """Everything a training run needs. eps is absolute; every alpha is a multiple of eps."""
+
+    dataset: str = "cifar10"
+    model: str = "preact_resnet18"
+    method: str = "zerograd"
+    eps: float = 8 / 255
+    epochs: int = 30
+    batch_size: int = 128
+    lr_max: float = 0.2
+    seed: int = 0
+    method_args: dict = field(default_factory=dict)
+    model_args: dict = field(default_factory=dict)
+    grad_align: float = 0.0  # GradAlign lambda; 0 turns it off
+    clip_grad_norm: float | None = None  # weight-gradient norm clipping (paper, Appendix C.5)
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cyclic"
+    schedule_args: dict = field(default_factory=dict)
+    val_size: int = 1000  # carved from the training set; used for best checkpoint and CO detection
+    val_pgd_steps: int = 10
+    val_alpha: float = 0.25
+    train_subset: int | None = None
+    augment: bool | None = None  # None: the dataset's default
+    data_dir: str | None = None
+    device: str = "auto"
+    amp: bool = True  # bf16/fp16 autocast, used on CUDA only
+    channels_last: bool = True  # used on CUDA only
+    tensorboard: bool = False
+    final_checkpoint: str = "last"  # which checkpoint the end-of-run test evaluation uses
+    test_n: int | None = None  # evaluate on the first n test images (None: all)
+    test_pgd_steps: int = 50
+    test_restarts: int = 10
+    test_alpha: float = 0.25
+    keep_epoch_checkpoints: bool = True  # needed for rolling back
+    description: str = ""
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+NESTED = ("method_args", "model_args", "schedule_args")
+OWNED = {"method": "method_args", "model": "model_args", "schedule": "schedule_args"}
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_number(value, name: str, kind: type):
+    """Coerce value to int or float; accepts "8/255" for floats. ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {kind.__name__}")
+    if kind is int:
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and "/" in value:
+        num, _, den = value.partition("/")
+        try:
+            return float(num) / float(den)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise ConfigError(f"{name}={value!r} has the wrong type: expected a number (e.g. 0.03 or 8/255)")
+
+
+def coerce(value, annotation, name: str):
+    """Coerce a YAML-parsed value to a type annotation (a type or its string form)."""
+    ann = annotation if isinstance(annotation, str) else _type_name(annotation)
+    options = [a.strip() for a in ann.split("|")]
+    if value is None:
+        if "None" in options:
+            return None
+        raise ConfigError(f"{name} must not be null: expected {ann}")
+    kinds = [o for o in options if o != "None"]
+    kind = kinds[0] if kinds else "object"
+    if kind in ("int", "float"):
+        return parse_number(value, name, int if kind == "int" else float)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected true or false")
+    if kind == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected a string")
+    if kind == "dict":
+        if isinstance(value, dict):
+            return dict(value)
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected a mapping")
+    return value
+
+
+def _type_name(t) -> str:
+    if isinstance(t, types.UnionType) or typing.get_origin(t) is typing.Union:
+        return " | ".join(_type_name(a) for a in typing.get_args(t))
+    return "None" if t is type(None) else getattr(t, "__name__", str(t))
+
+
+def _nested_types(section: str, owner: str) -> dict[str, object]:
+    """Types of the keys allowed in a nested section, read from the owner's signature."""
+    if section == "method_args":
+        from .perturb import method_types
+
+        return method_types(owner)
+    if section == "model_args":
+        from .models import model_params
+
+        return {k: _default_type(v) for k, v in model_params(owner).items()}
+    import inspect
+
+    from .schedules import SCHEDULES
+
+    fn = SCHEDULES[owner]
+    return {
+        p.name: p.annotation for p in inspect.signature(fn).parameters.values()
+        if p.kind is p.KEYWORD_ONLY
+    }
+
+
+def _default_type(default) -> str:
+    return "object" if default is None else type(default).__name__
+
+
+def apply(cfg: Config, updates: dict, source: str = "config") -> Config:
+    """A copy of cfg with `updates` (a mapping, possibly nested) applied and type-checked."""
+    values = cfg.to_dict()
+    for owner, section in OWNED.items():  # a new method/model/schedule starts from its own defaults
+        if owner in updates and updates[owner] != values[owner]:
+            values[section] = {}
+    for key, value in updates.items():
+        if key not in FIELDS:
+            raise ConfigError(f"unknown {source} key {key!r}{did_you_mean(key, FIELDS)}")
+        if key in NESTED:
+            if value is None:
+                value = {}
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key} must be a mapping, got {value!r}")
+            values[key] = {**values[key], **value}
+        else:
+            values[key] = coerce(value, FIELDS[key].type, key)
+    return Config(**values)
+
+
+def parse_override(text: str) -> dict:
+    """'a.b=value' -> {'a': {'b': value}}; the value is parsed as YAML ("8/255" stays text)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r} is not of the form key=value (e.g. --set eps=8/255)")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    head, _, rest = key.partition(".")
+    if rest:
+        if head not in NESTED:
+            raise ConfigError(
+                f"--set {key}: {head!r} has no sub-keys; nested sections are {', '.join(NESTED)}"
+            )
+        return {head: {rest: value}}
+    return {key: value}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_preset(name: str, _seen: tuple = ()) -> dict:
+    """A preset by name (or a path to a YAML file) as a mapping; a `base:` key names a preset
+    whose keys it starts from."""
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = PRESET_DIR / f"{name}.yaml"
+        if not path.is_file():
+            names = preset_names()
+            raise ConfigError(
+                f"unknown preset {name!r}{did_you_mean(name, names)}; valid: {', '.join(names)}"
+            )
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"preset {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"preset {str(path)!r} must be a mapping of config keys")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if len(_seen) > 10 or base in _seen:
+        raise ConfigError(f"preset {name!r}: 'base' chain loops through {base!r}")
+    merged = read_preset(str(base), _seen + (name,))
+    for owner, section in OWNED.items():  # another method/model/schedule: drop the base's args
+        if owner in data and data[owner] != merged.get(owner):
+            merged.pop(section, None)
+    for key, value in data.items():
+        if key in NESTED and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(preset: str | None = None, overrides: list[str] = (), base: dict | None = None) -> Config:
+    """Defaults, then the preset, then `--set` overrides, validated."""
+    cfg = Config()
+    if base:
+        cfg = apply(cfg, base)
+    if preset:
+        cfg = apply(cfg, read_preset(preset), source=f"preset {preset!r}")
+    for text in overrides:
+        cfg = apply(cfg, parse_override(text), source="--set")
+    return validate(cfg)
+
+
+# --------------------------------------------------------------------------- validation
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+OPTIMIZERS = ("sgd", "adam")
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> Config:
+    """Check every value and name; returns cfg with nested sections type-coerced."""
+    from .data import DATASETS
+    from .models import check_model_args
+    from .perturb import check_method_args
+    from .registry import lookup
+    from .schedules import SCHEDULES
+
+    _require(0 < cfg.eps <= 1, f"eps={cfg.eps!r} is invalid: must be in (0, 1] (pixels are in [0, 1]; e.g. 8/255)")
+    _require(cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid: must be >= 1")
+    _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} is invalid: must be >= 1")
+    _require(cfg.lr_max > 0, f"lr_max={cfg.lr_max} is invalid: must be > 0")
+    _require(cfg.momentum >= 0, f"momentum={cfg.momentum} is invalid: must be >= 0")
+    _require(cfg.weight_decay >= 0, f"weight_decay={cfg.weight_decay} is invalid: must be >= 0")
+    _require(cfg.grad_align >= 0, f"grad_align={cfg.grad_align} is invalid: must be >= 0 (0 = off)")
+    _require(cfg.clip_grad_norm is None or cfg.clip_grad_norm > 0,
+             f"clip_grad_norm={cfg.clip_grad_norm} is invalid: must be > 0 or null")
+    _require(cfg.val_size >= 0, f"val_size={cfg.val_size} is invalid: must be >= 0")
+    _require(cfg.val_pgd_steps >= 1, f"val_pgd_steps={cfg.val_pgd_steps} is invalid: must be >= 1")
+    _require(cfg.test_pgd_steps >= 1, f"test_pgd_steps={cfg.test_pgd_steps} is invalid: must be >= 1")
+    _require(cfg.test_restarts >= 1, f"test_restarts={cfg.test_restarts} is invalid: must be >= 1")
+    for name in ("val_alpha", "test_alpha"):
+        _require(getattr(cfg, name) > 0, f"{name}={getattr(cfg, name)} is invalid: must be > 0 (a multiple of eps)")
+    _require(cfg.train_subset is None or cfg.train_subset >= 1,
+             f"train_subset={cfg.train_subset} is invalid: must be >= 1 or null")
+    _require(cfg.test_n is None or cfg.test_n >= 1, f"test_n={cfg.test_n} is invalid: must be >= 1 or null")
+    _require(cfg.optimizer in OPTIMIZERS,
+             f"unknown optimizer {cfg.optimizer!r}{did_you_mean(cfg.optimizer, OPTIMIZERS)}; valid: {', '.join(OPTIMIZERS)}")
+    _require(cfg.final_checkpoint in ("last", "best"),
+             f"final_checkpoint={cfg.final_checkpoint!r} is invalid: must be 'last' or 'best'")
+    _require(cfg.device.split(":")[0] in DEVICES,
+             f"device={cfg.device!r} is invalid: must be one of {', '.join(DEVICES)} (cuda:N allowed)")
+    lookup(DATASETS, cfg.dataset, "dataset")
+    lookup(SCHEDULES, cfg.schedule, "schedule")
+
+    nested = {}
+    for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
+                           ("schedule_args", cfg.schedule)):
+        if section == "method_args":
+            from .perturb import METHODS
+
+            lookup(METHODS, owner, "method")
+        elif section == "model_args":
+            from .models import MODELS
+
+            lookup(MODELS, owner, "model")
+        allowed = _nested_types(section, owner)
+        values = {}
+        for key, value in getattr(cfg, section).items():
+            if key not in allowed:
+                raise ConfigError(
+                    f"unknown key {section}.{key} for {owner!r}{did_you_mean(key, allowed)}; "
+                    f"valid: {', '.join(allowed) or 'none'}"
+                )
+            values[key] = coerce(value, allowed[key], f"{section}.{key}")
+        nested[section] = values
+    cfg = dataclasses.replace(cfg, **nested)
+    check_method_args(cfg.method, cfg.method_args)
+    check_model_args(cfg.model, cfg.model_args)
+    for key in ("peak", "drop"):
+        if key in cfg.schedule_args:
+            v = cfg.schedule_args[key]
+            _require(0 < v <= 1, f"schedule_args.{key}={v} is invalid: must be in (0, 1] (a fraction of training)")
+    return cfg
+
+
+def to_yaml(cfg: Config, extra: dict | None = None) -> str:
+    return yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False)
+
+
+def from_yaml_dict(data: dict) -> Config:
+    """A Config from a run folder's config.yaml (extra recorded keys such as versions ignored)."""
+    known = {k: v for k, v in data.items() if k in FIELDS}
+    return validate(apply(Config(), known))

@@ -1,0 +1,108 @@
+"""Model registry: every network takes pixels in [0, 1] and normalizes inside.
+
+`build_model` wraps a registered network as `nn.Sequential(Normalize(mean, std), net)`
+(the RobustBench convention), so attacks and epsilons live in pixel space and a saved
+state_dict carries its own normalization.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..registry import did_you_mean, lookup
+from .preact_resnet import preact_resnet18
+from .small import mlp, one_layer_cnn, small_cnn
+from .wide_resnet import wide_resnet
+
+__all__ = ["MODELS", "Normalize", "build_model", "check_model_args", "model_params"]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "preact_resnet18": preact_resnet18,
+    "wide_resnet": wide_resnet,
+    # A named preset of wide_resnet (its arguments can still be overridden).
+    "wrn34_10": functools.partial(wide_resnet, depth=34, widen_factor=10),
+    "small_cnn": small_cnn,
+    "one_layer_cnn": one_layer_cnn,
+    "mlp": mlp,
+}
+
+_DATA_ARGS = ("num_classes", "in_channels")
+
+
+class Normalize(nn.Module):
+    """(x - mean) / std per channel; mean/std are persistent buffers shaped (1, C, 1, 1)."""
+
+    def __init__(self, mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor):
+        super().__init__()
+        self.register_buffer("mean", _per_channel(mean))
+        self.register_buffer("std", _per_channel(std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()}"
+
+
+def _per_channel(values) -> torch.Tensor:
+    return torch.as_tensor(values, dtype=torch.float32).clone().reshape(1, -1, 1, 1)
+
+
+def model_params(name: str) -> dict[str, object]:
+    """The model's hyperparameters and their defaults, read from its constructor."""
+    signature = inspect.signature(lookup(MODELS, name, "model"))
+    return {key: p.default for key, p in signature.parameters.items()
+            if key not in _DATA_ARGS and p.default is not inspect.Parameter.empty}
+
+
+def check_model_args(name: str, args: dict) -> None:
+    """Raise ConfigError for an unknown model or argument, or a bad value, before any work."""
+    constructor = lookup(MODELS, name, "model")
+    params = model_params(name)
+    for key, value in args.items():
+        if key not in params:
+            raise ConfigError(f"model {name!r} has no argument {key!r}"
+                              f"{did_you_mean(key, params)}; valid: {', '.join(params) or 'none'}")
+        _check_value(f"model {name!r}: {key}", value, params[key])
+    # Structural constraints (e.g. WRN depth = 6n+4) are raised by the constructor itself;
+    # building on the meta device runs them without allocating or initialising weights.
+    with torch.device("meta"):
+        constructor(num_classes=2, in_channels=1, **args)
+
+
+def _check_value(what: str, value, default) -> None:
+    """Type follows the default; every integer hyperparameter is a count or size, so >= 1."""
+    if isinstance(default, bool):
+        ok, valid = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, valid = isinstance(value, int) and not isinstance(value, bool) and value >= 1, \
+            "an integer >= 1"
+    elif isinstance(default, float):
+        ok, valid = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        ok, valid = True, ""
+    if not ok:
+        raise ConfigError(f"{what}={value!r} is invalid: must be {valid}")
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int = 3,
+                mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
+                **model_args) -> nn.Module:
+    """nn.Sequential(Normalize(mean, std), net): the model takes pixels in [0, 1]."""
+    _check_value("num_classes", num_classes, 1)
+    _check_value("in_channels", in_channels, 1)
+    check_model_args(name, model_args)
+    normalize = Normalize(mean, std)
+    for label, buf in (("mean", normalize.mean), ("std", normalize.std)):
+        if buf.numel() != in_channels:
+            raise ConfigError(f"{label} has {buf.numel()} values; need one per input channel "
+                              f"(in_channels={in_channels})")
+    if not bool((normalize.std > 0).all()):
+        raise ConfigError(f"std={normalize.std.flatten().tolist()} is invalid: must be > 0")
+    net = MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_args)
+    return nn.Sequential(normalize, net)

@@ -1,0 +1,26 @@
+"""Regularizers added to the training loss by the loop."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .perturb import random_start
+
+
+def grad_align(model, x: Tensor, y: Tensor, *, eps: float, lam: float) -> Tensor:
+    """GradAlign (Andriushchenko & Flammarion 2020): lam * (1 - mean cosine) between the
+    input gradients at x and at a uniform random point of the eps-ball. Differentiable in
+    the weights (double backpropagation)."""
+    g_clean = _input_grad_graph(model, x, y, torch.zeros_like(x))
+    g_rand = _input_grad_graph(model, x, y, random_start(x, eps))
+    cos = F.cosine_similarity(g_clean.flatten(1), g_rand.flatten(1), dim=1)
+    return lam * (1.0 - cos.mean())
+
+
+def _input_grad_graph(model, x: Tensor, y: Tensor, delta: Tensor) -> Tensor:
+    """Input gradient that keeps its graph, so a loss on it reaches the weights."""
+    delta = delta.detach().requires_grad_(True)
+    loss = F.cross_entropy(model(x + delta).float(), y)
+    (g,) = torch.autograd.grad(loss, delta, create_graph=True)
+    return g

@@ -1,0 +1,76 @@
+"""Config: presets resolve (with `base:` chains), `--set` overrides are type-checked, "8/255"
+parses, and every invalid value is a one-line ConfigError naming the value."""
+import pytest
+
+from zerograd.config import Config, apply, load_config, parse_override, preset_names, validate
+from zerograd.errors import ConfigError
+
+
+def test_every_preset_validates_and_paper_values_hold():
+    names = preset_names()
+    assert {"quickstart", "cifar10-zerograd", "cifar10-multigrad", "cifar100-zerograd",
+            "svhn-zerograd", "cifar10-wrn-zerograd"} <= set(names)
+    for name in names:
+        load_config(name)
+    z = load_config("cifar10-zerograd")
+    assert (z.method, z.method_args, z.epochs, z.lr_max, z.schedule) == (
+        "zerograd", {"q": 0.35, "alpha": 2.0}, 30, 0.2, "cyclic")
+    assert abs(z.eps - 8 / 255) < 1e-12
+    m = load_config("cifar10-multigrad")
+    assert m.method_args == {"n": 3, "alpha": 1.0}  # q of the base preset is not inherited
+    assert load_config("cifar100-zerograd").method_args["q"] == 0.45
+    s = load_config("svhn-zerograd")
+    assert (s.epochs, s.lr_max, s.final_checkpoint, s.method_args["q"]) == (15, 0.01, "best", 0.7)
+    w = load_config("cifar10-wrn-zerograd")
+    assert (w.model_args, w.schedule, w.epochs) == ({"depth": 34, "widen_factor": 10}, "onedrop", 52)
+
+
+def test_overrides_are_parsed_and_coerced():
+    cfg = load_config("quickstart", ["eps=8/255", "method_args.q=0.4", "epochs=2", "train_subset=null"])
+    assert cfg.eps == pytest.approx(8 / 255) and cfg.method_args["q"] == 0.4 and cfg.epochs == 2
+    assert parse_override("method_args.alpha=1.5") == {"method_args": {"alpha": 1.5}}
+    cfg = load_config("quickstart", ["method=multigrad", "method_args.n=2"])
+    assert cfg.method_args == {"n": 2}  # switching method drops the old method's args
+
+
+@pytest.mark.parametrize("override, message", [
+    ("eps=0", "eps=0.0 is invalid"),
+    ("eps=1.5", "eps=1.5 is invalid"),
+    ("eps=abc", "eps='abc' has the wrong type"),
+    ("epochs=0", "epochs=0 is invalid"),
+    ("epochs=2.5", "epochs=2.5 has the wrong type"),
+    ("batch_size=0", "batch_size=0 is invalid"),
+    ("method=zerogard", "did you mean 'zerograd'"),
+    ("model=preact_resnet", "did you mean 'preact_resnet18'"),
+    ("dataset=cifar1", "did you mean 'cifar10'"),
+    ("epoch=3", "unknown --set key 'epoch' (did you mean 'epochs'?)"),
+    ("method_args.q=1.2", "method_args.q=1.2 is invalid"),
+    ("method_args.q=-0.1", "method_args.q=-0.1 is invalid"),
+    ("method_args.qq=0.3", "did you mean 'q'"),
+    ("method_args.q=high", "method_args.q='high' has the wrong type"),
+    ("model_args.widht=3", "did you mean 'width'"),
+    ("optimizer=sgdd", "did you mean 'sgd'"),
+    ("schedule=cyclc", "did you mean 'cyclic'"),
+    ("seed=x", "seed='x' has the wrong type"),
+    ("amp=maybe", "amp='maybe' has the wrong type"),
+    ("lr_max=-1", "lr_max=-1.0 is invalid"),
+    ("eps", "is not of the form key=value"),
+    ("epochs.x=1", "'epochs' has no sub-keys"),
+])
+def test_bad_values_are_one_line_errors(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("quickstart", [override])
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_multigrad_n_must_be_positive_and_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="n=0"):
+        load_config("cifar10-multigrad", ["method_args.n=0"])
+    with pytest.raises(ConfigError, match="did you mean 'quickstart'"):
+        load_config("quickstar")
+
+
+def test_validate_returns_coerced_nested_values():
+    cfg = validate(apply(Config(), {"method": "multigrad", "method_args": {"n": 2.0}}))
+    assert cfg.method_args["n"] == 2 and isinstance(cfg.method_args["n"], int)
