@@ -1,17 +1,24 @@
 """The command line: bad input exits 2 with one line and writes nothing; `eval --json` gives
 the documented keys; `methods` and `presets` list the registries."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from zerograd.cli import main
 
 
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
 def run_cli(*args, cwd=None):
+    """`python -m zerograd ...` on this checkout's sources."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "zerograd", *args], check=False, capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+                          text=True, cwd=cwd, timeout=300, env=env)
 
 
 @pytest.mark.parametrize("args, message", [
