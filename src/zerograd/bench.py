@@ -1,6 +1,6 @@
 """`zerograd bench`: seconds per training step of each method on the same model and batch,
-measured side by side in one process (round-robin, median of repeats), with the ratio to
-FGSM-RS. A training step is the attack plus one forward/backward/SGD update."""
+measured side by side in one process (round-robin, each timed step preceded by an untimed
+one of the same method; median of per-round ratios), with the ratio to FGSM-RS. A training step is the attack plus one forward/backward/SGD update."""
 from __future__ import annotations
 
 import statistics
@@ -60,10 +60,11 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
     x = torch.rand(batch_size, 3, image_size, image_size, device=device)
     y = torch.randint(0, 10, (batch_size,), device=device)
     timings: dict[str, list[float]] = {n: [] for n in names}
-    for name in names:  # warm-up (allocator, kernels)
-        training_step(net, opt, x, y, *BENCH_METHODS[name], eps)
     for r in range(repeats):
         for name in names:
+            # an untimed step first: switching methods changes the memory footprint, and the
+            # page faults of re-growing the heap would otherwise be billed to the next method
+            training_step(net, opt, x, y, *BENCH_METHODS[name], eps)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
