@@ -44,6 +44,7 @@ def test_restarts_never_raise_accuracy_and_mode_is_restored(tiny_cnn):
 
 
 def test_pgd_breaks_exactly_the_points_within_eps_of_a_linear_boundary():
+    torch.manual_seed(0)
     model = Linear2(d=16).eval()
     x = 0.3 + 0.4 * torch.rand(200, 16)
     w = model.fc.weight.detach()
@@ -53,4 +54,6 @@ def test_pgd_breaks_exactly_the_points_within_eps_of_a_linear_boundary():
     distance = margin / (w[0] - w[1]).abs().sum()  # minimal l_inf perturbation that flips
     eps = distance.median().item()
     robust = pgd_robust(model, x, y, eps=eps, alpha=0.25, steps=20, restarts=1)
-    assert torch.equal(robust, distance > eps)
+    clear = (distance - eps).abs() > 1e-4  # a point exactly on the boundary is a tie
+    assert clear.sum() >= 190
+    assert torch.equal(robust[clear], (distance > eps)[clear])
