@@ -284,8 +284,9 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 scaler.step(optimizer)
                 scaler.update()
                 state.step += 1
-                loss_sum += loss.item() * len(y)
-                correct_sum += (logits.argmax(1) == y).sum().item()
+                # running sums stay on the device: no host sync per step on a GPU
+                loss_sum = loss_sum + loss.detach() * len(y)
+                correct_sum = correct_sum + (logits.argmax(1) == y).sum()
                 seen += len(y)
                 state.x, state.y, state.delta = x, y, delta
                 for cb in callbacks:
@@ -303,7 +304,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 epoch = state.epoch
                 continue
             metrics = {"epoch": epoch, "step": state.step, "lr": lr,
-                       "train/loss": loss_sum / max(seen, 1), "train/acc": correct_sum / max(seen, 1),
+                       "train/loss": float(loss_sum) / max(seen, 1),
+                       "train/acc": float(correct_sum) / max(seen, 1),
                        "time/epoch_s": time.perf_counter() - t0}
             metrics.update(validation_metrics(state))
             state.metrics = metrics
