@@ -131,12 +131,13 @@ class Parallel:
 
     def wrap(self, model: torch.nn.Module, cfg, sample: Tensor) -> tuple[torch.nn.Module, torch.nn.Module]:
         """(module for attacks and checkpoints, module for the training loss's forward)."""
-        if self.world_size > 1:
-            if cfg.sync_bn:
-                model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
-                with torch.no_grad(), eval_mode(model):  # DDP needs every shape fixed
-                    model(sample)
+        if self.world_size > 1 and cfg.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in model.parameters()):
+            # DDP needs every shape fixed; done at any world size so that the lazy layers'
+            # initialisation draws the same random numbers whatever the number of processes
+            with torch.no_grad(), eval_mode(model):
+                model(sample)
         if cfg.compile:
             model.compile()  # in place: state_dict keys stay those of the plain module
         if self.world_size == 1:
