@@ -166,10 +166,10 @@ class Parallel:
         return torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
 
     def sum(self, *values: float) -> list[float]:
-        """Sum numbers over ranks (float64)."""
+        """Sum numbers (or 0-dim tensors) over ranks, in float64."""
         if self.world_size == 1:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return t.tolist()
 
