@@ -21,7 +21,7 @@ def _train(args) -> int:
     cfg = load_config(args.preset, overrides)
     out = args.out or Path("runs") / f"{args.preset or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = train(cfg, out, quiet=args.quiet, force=args.force)
-    if not args.quiet:
+    if not args.quiet and run.dir is not None:  # rank 0 only under torchrun
         print(f"run folder: {run.dir}", file=sys.stderr)
     return 0
 
@@ -66,7 +66,8 @@ def _bench(args) -> int:
     from .bench import run_bench
 
     report = run_bench(model=args.model, batch_size=args.batch_size, repeats=args.repeats,
-                       methods=args.methods, threads=args.threads, quiet=args.json)
+                       methods=args.methods, threads=args.threads, quiet=args.json,
+                       memory=args.memory)
     if args.json:
         print(json.dumps(report))
     return 0
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--methods", nargs="*", help="subset of the benchmarked methods")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--memory", action="store_true",
+                   help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
     return parser

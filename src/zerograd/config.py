@@ -44,8 +44,12 @@ class Config:
     augment: bool | None = None  # None: the dataset's default
     data_dir: str | None = None
     device: str = "auto"
-    amp: bool = True  # bf16/fp16 autocast, used on CUDA only
+    amp: bool = True  # mixed precision (see amp_dtype)
+    amp_dtype: str = "auto"  # auto: bf16 (else fp16) on CUDA only; bf16: also on CPU; fp16: CUDA
     channels_last: bool = True  # used on CUDA only
+    compile: bool = False  # torch.compile the model (in place)
+    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, several processes)
+    multigrad_ranks: int = 1  # processes sharing a batch and splitting MultiGrad's n starts
     tensorboard: bool = False
     final_checkpoint: str = "last"  # which checkpoint the end-of-run test evaluation uses
     test_n: int | None = None  # evaluate on the first n test images (None: all)
@@ -279,6 +283,14 @@ def validate(cfg: Config) -> Config:
              f"final_checkpoint={cfg.final_checkpoint!r} is invalid: must be 'last' or 'best'")
     _require(cfg.device.split(":")[0] in DEVICES,
              f"device={cfg.device!r} is invalid: must be one of {', '.join(DEVICES)} (cuda:N allowed)")
+    from .precision import AMP_DTYPES
+
+    _require(cfg.amp_dtype in AMP_DTYPES,
+             f"amp_dtype={cfg.amp_dtype!r} is invalid: must be one of {', '.join(AMP_DTYPES)}")
+    _require(cfg.multigrad_ranks >= 1, f"multigrad_ranks={cfg.multigrad_ranks} is invalid: must be >= 1")
+    _require(cfg.multigrad_ranks == 1 or cfg.method == "multigrad",
+             f"multigrad_ranks={cfg.multigrad_ranks} spreads MultiGrad's starts and needs method=multigrad "
+             f"(method is {cfg.method!r}); use multigrad_ranks=1")
     lookup(DATASETS, cfg.dataset, "dataset")
     lookup(SCHEDULES, cfg.schedule, "schedule")
 

@@ -39,10 +39,11 @@ def robust_flags(model, split: Split, attack: str, *, eps: float, batch_size: in
 
 
 def evaluate(model, split: Split, *, eps: float, steps: int = 50, restarts: int = 10,
-             alpha: float = 0.25, batch_size: int = 256) -> dict:
-    """Clean and PGD-steps-restarts accuracy on a split (alpha in units of eps)."""
+             alpha: float = 0.25, batch_size: int = 256, flags=robust_flags) -> dict:
+    """Clean and PGD-steps-restarts accuracy on a split (alpha in units of eps). `flags` is
+    `robust_flags` or a drop-in (e.g. sharded over processes)."""
     start = time.perf_counter()
-    clean, robust = robust_flags(model, split, "pgd", eps=eps, batch_size=batch_size,
+    clean, robust = flags(model, split, "pgd", eps=eps, batch_size=batch_size,
                                  steps=steps, restarts=restarts, alpha=alpha)
     return {
         "clean_acc": clean.float().mean().item() if len(clean) else float("nan"),

@@ -8,8 +8,9 @@ train/eval mode untouched (input gradients come from `torch.autograd.grad`).
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -21,9 +22,29 @@ from .registry import did_you_mean, lookup
 # --------------------------------------------------------------------------- helpers
 
 
+_NOISE: list[Callable[[Tensor], Tensor]] = []  # innermost `noise_source` last
+
+
+@contextlib.contextmanager
+def noise_source(draw: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Within the block, random starts take their U[0, 1) noise from `draw(x)` instead of
+    `torch.rand_like(x)`; distributed training uses it to give each rank its slice of the
+    noise a single process would draw for the whole batch."""
+    _NOISE.append(draw)
+    try:
+        yield
+    finally:
+        _NOISE.pop()
+
+
+def uniform_like(x: Tensor) -> Tensor:
+    """U[0, 1) noise of x's shape: every random start draws through here."""
+    return _NOISE[-1](x) if _NOISE else torch.rand_like(x)
+
+
 def random_start(x: Tensor, eps: float, scale: float = 1.0) -> Tensor:
     """Uniform noise in [-scale*eps, scale*eps]^d, clipped so that x + delta stays in [0, 1]."""
-    delta = (torch.rand_like(x) * 2 - 1) * (scale * eps)
+    delta = (uniform_like(x) * 2 - 1) * (scale * eps)
     return (x + delta).clamp_(0, 1) - x
 
 
@@ -70,15 +91,38 @@ def quantile_threshold(a: Tensor, q: float) -> Tensor:
     return torch.lerp(v_lo, v_hi, frac.to(a.device))
 
 
+THRESHOLD_BUDGET = 1 << 20  # elements per threshold pass (kthvalue copies its input + int64 indices)
+
+
+def _rows(t: Tensor) -> Tensor:
+    """A view of t as (B, d) (t contiguous or channels_last): a per-sample quantile does not
+    depend on the order of a sample's entries."""
+    if t.is_contiguous():
+        return t.view(t.shape[0], -1)
+    return t.permute(0, 2, 3, 1).view(t.shape[0], -1)
+
+
+def _row_viewable(t: Tensor) -> bool:
+    return t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+
+
 def zero_small(g: Tensor, q: float) -> Tensor:
     """ZeroGrad's mask: entries of g whose |g| is strictly below the per-sample q-quantile of
-    |g| are set to 0. The threshold is computed in float32 whatever g's dtype."""
+    |g| are set to 0. The threshold is computed in float32 whatever g's dtype.
+
+    Works on groups of samples of at most THRESHOLD_BUDGET entries, so an ImageNet-size batch
+    costs one output copy plus bounded temporaries (not the 4 batch copies of one kthvalue)."""
     if q <= 0:
         return g
-    a = g.detach().abs().flatten(1).float()
-    t = quantile_threshold(a, q)
-    keep = (a >= t[:, None]).view_as(g)
-    return g * keep
+    g = g.detach() if _row_viewable(g) else g.detach().contiguous()
+    out = torch.empty_like(g)
+    src, dst = _rows(g), _rows(out)
+    step = max(1, THRESHOLD_BUDGET // max(src.shape[1], 1))
+    for i in range(0, src.shape[0], step):
+        part = src[i:i + step]
+        a = part.abs().float()
+        torch.mul(part, a >= quantile_threshold(a, q)[:, None], out=dst[i:i + step])
+    return out
 
 
 def sign_step(x: Tensor, delta: Tensor, g: Tensor, step: float, eps: float | None) -> Tensor:
@@ -124,22 +168,44 @@ def multigrad(
     the clean point. alpha in units of eps (any alpha >= 1 gives the same delta).
 
     The n gradients come from one batched pass over n*B inputs (`chunk` starts per pass
-    bounds memory); all random starts are drawn up front so chunking never changes them."""
-    agree = n if agree is None else agree
-    starts = torch.stack([random_start(x, eps) for _ in range(n)])  # (n, B, ...)
+    bounds memory); starts are drawn in order whatever the chunking, so it never changes them."""
+    votes = sign_votes(model, x, y, eps=eps, n=n, chunk=chunk)
+    return sign_step(x, torch.zeros_like(x), agreed_direction(votes, n, agree), alpha * eps, eps)
+
+
+def sign_votes(model, x: Tensor, y: Tensor, *, eps: float, n: int, chunk: int | None = None,
+               mine: Callable[[int], bool] = lambda i: True) -> Tensor:
+    """Sum over the random starts i < n with mine(i) of sign(input gradient at start i):
+    (#plus - #minus) per entry, exact in float32. All n starts are drawn, in order, so a
+    rank computing only some of them (`mine`) sees the same starts as a single process."""
+    votes = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
     per_pass = n if chunk is None else chunk
-    grads = []
-    for i in range(0, n, per_pass):
-        d = starts[i:i + per_pass]
-        k = d.shape[0]
+    pending: list[Tensor] = []
+
+    def flush() -> None:
+        k = len(pending)
         xk = x.expand(k, *x.shape).reshape(-1, *x.shape[1:])
-        g = input_grad(model, xk, y.repeat(k), d.reshape(-1, *x.shape[1:]))
-        grads.append(g.view(k, *x.shape).sign())
-    votes = torch.cat(grads).sum(dim=0)  # (#plus - #minus) per entry
+        g = input_grad(model, xk, y.repeat(k), torch.cat(pending))
+        votes.add_(g.view(k, *x.shape).sign().float().sum(0))
+        pending.clear()
+
+    for i in range(n):
+        start = random_start(x, eps)
+        if mine(i):
+            pending.append(start)
+            if len(pending) == per_pass:
+                flush()
+    if pending:
+        flush()
+    return votes
+
+
+def agreed_direction(votes: Tensor, n: int, agree: int | None = None) -> Tensor:
+    """+1 / -1 where at least `agree` (default n) of n signs agree, 0 elsewhere (float32)."""
+    agree = n if agree is None else agree
     plus = (n + votes) / 2
     minus = (n - votes) / 2
-    direction = (plus >= agree).to(x.dtype) - (minus >= agree).to(x.dtype)
-    return sign_step(x, torch.zeros_like(x), direction, alpha * eps, eps)
+    return (plus >= agree).float() - (minus >= agree).float()
 
 
 def pgd(

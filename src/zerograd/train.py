@@ -2,7 +2,6 @@
 and no diagnostic (callbacks return metrics or actions)."""
 from __future__ import annotations
 
-import contextlib
 import math
 import platform
 import random
@@ -19,11 +18,13 @@ import torch.nn.functional as F
 from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, to_yaml, validate
-from .data import Data, batches, check_available, load_data
+from .data import Data, batches, check_available, load_data, to_float
+from .distributed import Parallel, setup
 from .errors import ConfigError
 from .evaluate import evaluate, robust_flags
 from .models import build_model
 from .perturb import METHODS
+from .precision import amp_dtype, grad_scaler
 from .regularize import grad_align
 from .runlog import MetricsLog, prepare_run_dir, write_json
 from .schedules import SCHEDULES
@@ -67,6 +68,7 @@ class TrainState:
     metrics: dict = field(default_factory=dict)
     run_dir: Path | None = None
     rollbacks: int = 0
+    dist: Parallel | None = None  # rank, world size; None: a single process
 
 
 @dataclass
@@ -112,8 +114,10 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
-def bind_method(cfg: Config):
+def bind_method(cfg: Config, par: Parallel | None = None):
     """The run's perturbation as a function (model, x, y) -> delta."""
+    if par is not None and par.spread > 1:  # MultiGrad's starts spread over a process group
+        return partial(par.multigrad, eps=cfg.eps, **cfg.method_args)
     return partial(METHODS[cfg.method], eps=cfg.eps, **cfg.method_args)
 
 
@@ -125,11 +129,10 @@ def make_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer
 
 
 def autocast_for(cfg: Config, device: torch.device):
-    """bf16 (or fp16 where bf16 is unsupported) autocast on CUDA when cfg.amp; else nothing."""
-    if device.type == "cuda" and cfg.amp:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return partial(torch.autocast, device_type="cuda", dtype=dtype)
-    return contextlib.nullcontext
+    """The training step's autocast context factory (see precision.amp_dtype)."""
+    from .precision import autocast
+
+    return autocast(amp_dtype(cfg.amp, cfg.amp_dtype, device), device)
 
 
 def build_for(cfg: Config, data: Data, device: torch.device) -> torch.nn.Module:
@@ -183,6 +186,7 @@ def checkpoint_state(state: TrainState, best: float) -> dict:
         "method_args": dict(state.cfg.method_args),
         "config": state.cfg.to_dict(),
         "torch_rng": torch.get_rng_state(),
+        "world_size": state.dist.world_size if state.dist else 1,
     }
 
 
@@ -191,7 +195,8 @@ def validation_metrics(state: TrainState) -> dict:
     cfg, val = state.cfg, state.data.val
     if len(val) == 0:
         return {}
-    clean, robust = robust_flags(state.model, val, "pgd", eps=cfg.eps, batch_size=max(cfg.batch_size, 256),
+    flags = state.dist.robust_flags if state.dist else robust_flags
+    clean, robust = flags(state.model, val, "pgd", eps=cfg.eps, batch_size=max(cfg.batch_size, 256),
                                  steps=cfg.val_pgd_steps, restarts=1, alpha=cfg.val_alpha)
     return {"val/clean_acc": clean.float().mean().item(), "val/pgd_acc": robust.float().mean().item()}
 
@@ -202,9 +207,12 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
-    device = resolve_device(cfg.device)
+    par = setup(cfg)  # torchrun's process group, or a single process
+    device = par.device
+    amp_dtype(cfg.amp, cfg.amp_dtype, device)  # fp16 without CUDA fails here, before any work
     check_available(cfg.dataset, cfg.data_dir)
-    run_dir = prepare_run_dir(out, force=force) if out is not None else None
+    run_dir = par.on_main(prepare_run_dir, out, force=force) if out is not None else None
+    quiet = quiet or not par.is_main
 
     seed_everything(cfg.seed)
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
@@ -212,18 +220,18 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                      seed=cfg.seed)
     model = build_for(cfg, data, device)
     optimizer = make_optimizer(cfg, model)
+    model, train_model = par.wrap(model, cfg, to_float(data.train.x[:1]))
     augment = data.info.augment if cfg.augment is None else cfg.augment
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     total_steps = cfg.epochs * steps_per_epoch
     schedule = partial(SCHEDULES[cfg.schedule], total=total_steps, lr_max=cfg.lr_max, **cfg.schedule_args)
     autocast = autocast_for(cfg, device)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.amp
-                                  and not torch.cuda.is_bf16_supported())
+    scaler = grad_scaler(amp_dtype(cfg.amp, cfg.amp_dtype, device), device)
 
-    state = TrainState(cfg=cfg, model=model, optimizer=optimizer, data=data, attack=bind_method(cfg),
-                       device=device, steps_per_epoch=steps_per_epoch, run_dir=run_dir)
+    state = TrainState(cfg=cfg, model=model, optimizer=optimizer, data=data, attack=bind_method(cfg, par),
+                       device=device, steps_per_epoch=steps_per_epoch, run_dir=run_dir, dist=par)
     log = None
-    if run_dir is not None:
+    if run_dir is not None and par.is_main:
         (run_dir / "config.yaml").write_text(to_yaml(cfg, {"environment": {**environment(), "device": str(device)}}))
         log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.tensorboard else None)
         save_checkpoint(run_dir / "checkpoints" / "epoch-0.pt", checkpoint_state(state, -1.0))
@@ -243,10 +251,11 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             emit({"event": "stop", "epoch": state.epoch, "step": state.step, "reason": action.reason})
             return "stop"
         if isinstance(action, Rollback):
+            par.barrier()  # rank 0 has written the checkpoint the others read
             restore_epoch(state, action.epoch, init_state)
             state.cfg = validate(Config(**{**state.cfg.to_dict(),
                                            "method_args": {**state.cfg.method_args, **action.method_args}}))
-            state.attack = bind_method(state.cfg)
+            state.attack = bind_method(state.cfg, par)
             state.rollbacks += 1
             emit({"event": "rollback", "epoch": state.epoch, "step": state.step, "to_epoch": action.epoch,
                   "method_args": dict(state.cfg.method_args), "reason": action.reason})
@@ -265,19 +274,24 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             it = batches(data.train, cfg.batch_size, shuffle=True, augment=augment,
                          generator=epoch_generator(cfg.seed, epoch))
             for x, y in _progress(it, steps_per_epoch, quiet, f"epoch {epoch}"):
+                shard = par.split(x, y)  # this process's part of the global batch
+                if shard is None:
+                    continue
+                x, y = shard.x, shard.y
                 lr = schedule(state.step)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if device.type == "cuda" and cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with autocast():
+                with autocast(), shard.noise():
                     delta = state.attack(model, x, y)
-                    logits = model(x + delta)
+                    x, y, delta = shard.train_part(x, y, delta)
+                    logits = train_model(x + delta)
                     loss = F.cross_entropy(logits.float(), y)
                     if cfg.grad_align > 0:
-                        loss = loss + grad_align(model, x, y, eps=cfg.eps, lam=cfg.grad_align)
+                        loss = loss + grad_align(train_model, x, y, eps=cfg.eps, lam=cfg.grad_align)
                 optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
+                scaler.scale(shard.weight(loss, len(y))).backward()
                 if cfg.clip_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
@@ -290,7 +304,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 seen += len(y)
                 state.x, state.y, state.delta = x, y, delta
                 for cb in callbacks:
-                    out_ = getattr(cb, "on_step", None) and cb.on_step(state)
+                    out_ = par.agree(getattr(cb, "on_step", None) and cb.on_step(state))
                     if isinstance(out_, dict):
                         emit({"epoch": epoch, "step": state.step, **out_})
                     elif out_ is not None:
@@ -303,6 +317,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             if outcome == "rolled_back":
                 epoch = state.epoch
                 continue
+            loss_sum, correct_sum, seen = par.sum(loss_sum, correct_sum, seen)
             metrics = {"epoch": epoch, "step": state.step, "lr": lr,
                        "train/loss": float(loss_sum) / max(seen, 1),
                        "train/acc": float(correct_sum) / max(seen, 1),
@@ -311,7 +326,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             state.metrics = metrics
             action = None
             for cb in callbacks:
-                out_ = getattr(cb, "on_epoch", None) and cb.on_epoch(state)
+                out_ = par.agree(getattr(cb, "on_epoch", None) and cb.on_epoch(state))
                 if isinstance(out_, dict):
                     metrics.update(out_)
                 elif out_ is not None and action is None:
@@ -320,7 +335,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             if not quiet:
                 print(format_epoch_line(metrics), file=sys.stderr, flush=True)
             score = metrics.get("val/pgd_acc", -1.0)
-            if run_dir is not None:
+            if run_dir is not None and par.is_main:
                 ckpt = checkpoint_state(state, max(best, score))
                 ckpt_dir = run_dir / "checkpoints"
                 if cfg.keep_epoch_checkpoints:
@@ -337,11 +352,14 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                     break
                 if outcome == "rolled_back":
                     epoch = state.epoch
+        par.barrier()  # best.pt is written before any rank reads it
         result = final_evaluation(state, run_dir, quiet)
     finally:
         if log is not None:
             log.close()
-    return Run(cfg=state.cfg, model=model, history=history, result=result, dir=run_dir, data=data)
+        par.close()
+    return Run(cfg=state.cfg, model=model, history=history, result=result,
+               dir=run_dir if par.is_main else None, data=data)
 
 
 def restore_epoch(state: TrainState, epoch: int, init_state: dict | None) -> None:
@@ -365,10 +383,11 @@ def final_evaluation(state: TrainState, run_dir: Path | None, quiet: bool) -> di
         ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=state.device)
         model.load_state_dict(ckpt["model"])
     result = evaluate(model, state.data.test, eps=cfg.eps, steps=cfg.test_pgd_steps,
-                      restarts=cfg.test_restarts, alpha=cfg.test_alpha, batch_size=max(cfg.batch_size, 256))
+                      restarts=cfg.test_restarts, alpha=cfg.test_alpha, batch_size=max(cfg.batch_size, 256),
+                      flags=state.dist.robust_flags if state.dist else robust_flags)
     result.update({"checkpoint": cfg.final_checkpoint, "dataset": cfg.dataset, "split": "test",
                    "method": cfg.method, "seed": cfg.seed})
-    if run_dir is not None:
+    if run_dir is not None and (state.dist is None or state.dist.is_main):
         write_json(run_dir / "eval.json", result)
     if not quiet:
         a = result["attack"]
