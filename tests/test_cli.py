@@ -10,7 +10,6 @@ import pytest
 
 from zerograd.cli import main
 
-
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 
