@@ -77,17 +77,18 @@ def evaluate_fgsm(model, split: Split, *, eps: float, batch_size: int = 256) -> 
 
 def evaluate_autoattack(model, split: Split, *, eps: float, version: str = "standard",
                         attacks: list[str] | None = None, seed: int = 0, batch_size: int = 256,
-                        state_path=None, progress=None) -> dict:
+                        state_path=None, progress=None, attack_params=None) -> dict:
     """Clean and AutoAttack accuracy on a split (zerograd.autoattack, resumable from
-    state_path), with the robust accuracy after each attack and each attack's seconds."""
+    state_path), with the robust accuracy after each attack and each attack's seconds.
+    attack_params overrides attack settings, e.g. {"square": {"n_queries": 1000}}."""
     from .autoattack import autoattack, resolve_plan
 
     start = time.perf_counter()
-    names, params = resolve_plan(version, attacks, None)
+    names, params = resolve_plan(version, attacks, attack_params)
     with eval_mode(model):
         res = autoattack(model, to_float(split.x), split.y, eps=eps, version=version,
                          attacks=attacks, batch_size=batch_size, seed=seed,
-                         state_path=state_path, progress=progress)
+                         state_path=state_path, progress=progress, attack_params=attack_params)
     out = summary(res.clean, res.robust, {"name": "autoattack", "eps": eps, "version": version,
                                           "attacks": names, "params": params}, start)
     out["robust_after"] = res.robust_after
@@ -145,7 +146,7 @@ EVAL_ATTACKS = {"pgd": "PGD with restarts", "fgsm": "FGSM", "autoattack": "AutoA
 
 
 def _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version, attacks,
-                     check_steps) -> float | None:
+                     attack_params, check_steps) -> float | None:
     """Every eval argument checked before any work; returns eps as a number (or None)."""
     from .autoattack import resolve_plan
     from .config import parse_number
@@ -159,8 +160,8 @@ def _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version
     if alpha is not None and alpha <= 0:
         raise ConfigError(f"--alpha={alpha} is invalid: must be > 0 (a multiple of eps)")
     if attack == "autoattack":
-        resolve_plan(version, attacks, None)
-    elif attacks or version != "standard":
+        resolve_plan(version, attacks, attack_params)
+    elif attacks or attack_params or version != "standard":
         raise ConfigError(f"--version/--attacks choose AutoAttack's attacks; they need "
                           f"--attack autoattack, not --attack {attack}")
     eps_value = None if eps is None else parse_number(eps, "--eps", float)
@@ -192,8 +193,8 @@ def _progress_printer(quiet: bool):
 def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, alpha=None,
                   eps=None, which="last", data_dir=None, batch_size=256, seed=0, device="auto",
                   version: str = "standard", attacks: list[str] | None = None, state=None,
-                  out=None, checks: bool = True, check_steps: int = 10, write: bool = True,
-                  quiet: bool = True) -> dict:
+                  attack_params: dict | None = None, out=None, checks: bool = True,
+                  check_steps: int = 10, write: bool = True, quiet: bool = True) -> dict:
     """`zerograd eval`: clean and robust accuracy (PGD, FGSM or AutoAttack) of a run or
     checkpoint on the test split, the gradient-masking checks, and a results file (returned
     as a dict; written to RUN/evals/, beside the checkpoint, or to `out`). PGD's alpha (units
@@ -206,7 +207,7 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, a
     from .train import resolve_device, seed_everything
 
     eps_value = _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version,
-                                 attacks, check_steps)
+                                 attacks, attack_params, check_steps)
     dev = resolve_device(device)
     model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir)
     eps_value = cfg.eps if eps_value is None else eps_value
@@ -239,7 +240,8 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, a
         state_path.parent.mkdir(parents=True, exist_ok=True)
         result = evaluate_autoattack(model, data.test, eps=eps_value, version=version,
                                      attacks=attacks, seed=seed, batch_size=batch_size,
-                                     state_path=state_path, progress=_progress_printer(quiet))
+                                     state_path=state_path, progress=_progress_printer(quiet),
+                                     attack_params=attack_params)
     result.update({"split": "test", "seed": seed})
     if checks:
         t0 = time.perf_counter()
