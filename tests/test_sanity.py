@@ -13,22 +13,11 @@ from zerograd.evaluate import evaluate_autoattack, robust_flags
 from zerograd.sanity import SQUARE_MAX_GAIN, probe_accuracies, sanity_checks
 
 from .conftest import Linear2
+from .test_autoattack import ZeroGrad  # identity with zero gradient
 
 EPS = 0.1
 FAST_AA = {"apgd-ce": {"n_iter": 20}, "apgd-t": {"n_iter": 20, "n_target_classes": 1},
            "fab-t": {"n_iter": 20, "n_target_classes": 1}, "square": {"n_queries": 300}}
-
-
-class ZeroGradFn(torch.autograd.Function):
-    """Identity whose gradient is zero: perfectly masked gradients."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        return torch.zeros_like(g)
 
 
 class Masked(torch.nn.Module):
@@ -37,7 +26,7 @@ class Masked(torch.nn.Module):
         self.net = net
 
     def forward(self, x):
-        return self.net(ZeroGradFn.apply(x))
+        return self.net(ZeroGrad.apply(x))
 
 
 def linear_points(n=40, seed=0):
