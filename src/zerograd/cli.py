@@ -28,19 +28,40 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
     from .evaluate import evaluate_path
+    from .sanity import format_checks
 
-    result = evaluate_path(args.path, n=args.n, steps=args.steps, restarts=args.restarts,
-                           alpha=args.alpha, eps=args.eps, which=args.checkpoint,
-                           data_dir=args.data_dir, batch_size=args.batch_size, seed=args.seed)
+    result = evaluate_path(args.path, attack=args.attack, n=args.n, steps=args.steps,
+                           restarts=args.restarts, alpha=args.alpha, eps=args.eps,
+                           which=args.checkpoint, data_dir=args.data_dir,
+                           batch_size=args.batch_size, seed=args.seed, version=args.version,
+                           attacks=args.attacks, state=args.state, out=args.out,
+                           checks=not args.no_checks, quiet=args.quiet or args.json)
     if args.json:
         print(json.dumps(result))
-    else:
-        a = result["attack"]
-        print(f"checkpoint {result['checkpoint']}\n"
-              f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
-              f"clean accuracy   {100 * result['clean_acc']:6.2f}%\n"
-              f"PGD-{a['steps']}-{a['restarts']} accuracy {100 * result['robust_acc']:6.2f}%  "
-              f"({result['seconds']:.1f}s)")
+        return 0
+    a = result["attack"]
+    name = (f"PGD-{a['steps']}-{a['restarts']}" if a["name"] == "pgd" else
+            f"AutoAttack ({a['version']})" if a["name"] == "autoattack" else "FGSM")
+    print(f"checkpoint {result['checkpoint']} ({result['checkpoint_kind']}, epoch "
+          f"{result['checkpoint_epoch']}, sha256 {result['checkpoint_sha256'][:16]})\n"
+          f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
+          f"clean accuracy   {100 * result['clean_acc']:6.2f}%\n"
+          f"{name} accuracy {100 * result['robust_acc']:6.2f}%  ({result['seconds']:.1f}s)")
+    if "robust_after" in result:
+        print("  after " + ", ".join(f"{k} {100 * v:.2f}% ({result['seconds_by_attack'][k]:.0f}s)"
+                                     for k, v in result["robust_after"].items()))
+    if "checks" in result:
+        print(format_checks(result["checks"]) + f"  ({result['checks_seconds']:.1f}s)")
+    if "results_file" in result:
+        print(f"results: {result['results_file']}")
+    return 0
+
+
+def _export(args) -> int:
+    from .export import export_model
+
+    out = export_model(args.path, args.out, which=args.checkpoint, force=args.force)
+    print(f"exported to {out} (load with zerograd.export.load_exported)")
     return 0
 
 
@@ -87,19 +108,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
     p.set_defaults(func=_train)
 
-    p = sub.add_parser("eval", help="clean and PGD accuracy of a run folder or checkpoint")
+    p = sub.add_parser("eval", help="clean and robust accuracy (PGD, FGSM, AutoAttack) of a "
+                       "run folder or checkpoint, with gradient-masking checks and a results file")
     p.add_argument("path", help="run folder or checkpoint file")
+    p.add_argument("--attack", default="pgd", help="pgd (default), fgsm or autoattack")
+    p.add_argument("--version", default="standard",
+                   help="AutoAttack version: standard (default), plus, rand or custom")
+    p.add_argument("--attacks", nargs="+", help="AutoAttack attacks for --version custom "
+                   "(apgd-ce apgd-dlr apgd-t fab fab-t square)")
     p.add_argument("--n", type=int, help="evaluate the first N test images")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--restarts", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=None, help="PGD step in units of eps (default 2/255 / eps)")
+    p.add_argument("--alpha", type=float, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
     p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder")
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json)")
+    p.add_argument("--state", help="AutoAttack state file to resume from (default: beside the "
+                   "results file, deleted when done)")
+    p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("export", help="export a model for RobustBench-style loading "
+                       "(safetensors + model.json)")
+    p.add_argument("path", help="run folder or checkpoint file")
+    p.add_argument("--out", help="folder (default RUN/export)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder")
+    p.add_argument("--force", action="store_true", help="overwrite a non-empty folder")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("methods", help="training methods and their default hyperparameters")
     p.set_defaults(func=_methods)

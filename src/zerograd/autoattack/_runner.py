@@ -204,7 +204,7 @@ def autoattack(model, x: Tensor, y: Tensor, *, eps: float, version: str = "stand
                 if start == 0:
                     _warn_if_unsuitable(model, x[:batch_size], logits, version)
             state = {"format": STATE_FORMAT, "fingerprint": fingerprint, "clean": clean,
-                     "robust": clean.clone(), "adv_rows": x[:0].detach().cpu(), "done": [],
+                     "robust": clean.clone(), "adv_rows": x[:0].detach().cpu().clone(), "done": [],
                      "start_flags": {}, "robust_after": {}, "seconds": {}}
             if path is not None:
                 _save_state(path, state)

@@ -1,0 +1,113 @@
+"""Export a trained model for RobustBench-style code: the weights in safetensors (plain tensors,
+no pickle, so loading runs no code) and a JSON naming the architecture and its arguments, the
+classes, the normalization (inside the model: it takes pixels in [0, 1]) and the threat model.
+
+    from zerograd.export import load_exported
+    model = load_exported("runs/x/export")   # nn.Module in eval mode, inputs in [0, 1]
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import ConfigError
+
+EXPORT_FORMAT = "zerograd-export-1"
+WEIGHTS = "model.safetensors"
+META = "model.json"
+REQUIRED = ("architecture", "model_args", "num_classes", "in_channels", "mean", "std")
+
+
+def export_model(path, out=None, *, which: str = "last", force: bool = False) -> Path:
+    """Write model.safetensors and model.json for a run folder's (or a checkpoint's) model to
+    `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file)."""
+    from safetensors.torch import save_file
+
+    from .data import DATASETS
+    from .evaluate import load_checkpoint_model
+    from .results import checkpoint_facts, run_folder_of
+    from .runlog import write_json
+    from .train import environment
+
+    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which)
+    run = run_folder_of(ckpt_path)
+    if out is None:
+        out = run / "export" if run is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        raise ConfigError(f"export folder {str(out)!r} exists and is not empty; choose another "
+                          "--out or pass --force to overwrite")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create export folder {str(out)!r}: {e.strerror}") from None
+    info = DATASETS[cfg.dataset]
+    facts = checkpoint_facts(ckpt_path, ckpt, cfg)
+    meta = {
+        "format": EXPORT_FORMAT,
+        "architecture": cfg.model,
+        "model_args": dict(cfg.model_args),
+        "num_classes": info.num_classes,
+        "in_channels": info.shape[0],
+        "input_shape": list(info.shape),
+        "input_range": [0.0, 1.0],
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "normalization": "inside the model (its first layer); feed pixels in [0, 1]",
+        "dataset": cfg.dataset,
+        "threat_model": "Linf",
+        "eps": cfg.eps,
+        "method": cfg.method,
+        "method_args": dict(cfg.method_args),
+        "weights": WEIGHTS,
+        **{k: v for k, v in facts.items() if k != "checkpoint"},
+        "source_checkpoint": facts["checkpoint"],
+        **environment(),
+    }
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    write_json(out / META, meta)
+    return out
+
+
+def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """The exported model (nn.Module in eval mode, pixels in [0, 1] in, logits out) from a
+    folder written by `export_model`. Unknown formats, architectures or mismatched weights
+    are a ConfigError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .models import build_model
+
+    path = Path(path)
+    meta_path, weights_path = path / META, path / WEIGHTS
+    for f in (meta_path, weights_path):
+        if not f.is_file():
+            raise ConfigError(f"{str(path)!r} is not a zerograd export: {f.name} is missing")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{str(meta_path)!r} is not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
+        raise ConfigError(f"{str(meta_path)!r} is not a {EXPORT_FORMAT} file")
+    missing = [k for k in REQUIRED if k not in meta]
+    if missing or not isinstance(meta["model_args"], dict):
+        raise ConfigError(f"{str(meta_path)!r} lacks {', '.join(missing) or 'a model_args mapping'}; "
+                          f"an export needs {', '.join(REQUIRED)}")
+    model = build_model(meta["architecture"], num_classes=meta["num_classes"],
+                        in_channels=meta["in_channels"], mean=meta["mean"], std=meta["std"],
+                        **meta["model_args"])
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise ConfigError(f"{str(weights_path)!r} is not a readable safetensors file "
+                          f"({str(e).splitlines()[0][:160]})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ConfigError(f"{str(weights_path)!r} does not match {meta['architecture']!r} "
+                          f"({str(e).splitlines()[0][:160]})") from None
+    return model.to(device).eval()

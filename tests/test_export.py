@@ -1,0 +1,86 @@
+"""`zerograd export`: the exported model (safetensors + model.json) loads with
+`load_exported` and gives bitwise the outputs of the checkpoint's model, also for a model whose
+first linear layer is lazy; the JSON names architecture, classes, normalization and threat
+model; a non-empty folder is refused without --force; corrupt or unknown exports are one-line
+errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from zerograd.checkpoint import save_checkpoint
+from zerograd.cli import main
+from zerograd.config import load_config, to_yaml
+from zerograd.data import DATASETS
+from zerograd.errors import ConfigError
+from zerograd.evaluate import load_model
+from zerograd.export import export_model, load_exported
+from zerograd.models import build_model
+
+
+def fake_run(root, model="small_cnn", **model_args):
+    """A run folder with a checkpoint of random weights (export needs no training)."""
+    sets = [f"model={model}"] + [f"model_args.{k}={v}" for k, v in model_args.items()]
+    cfg = load_config("quickstart", sets)
+    info = DATASETS[cfg.dataset]
+    torch.manual_seed(0)
+    net = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
+                      mean=info.mean, std=info.std, **cfg.model_args)
+    net.eval()(torch.rand(2, *info.shape))  # materialises lazy layers
+    run = root / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text(to_yaml(cfg))
+    save_checkpoint(run / "checkpoints" / "last.pt", {"model": net.state_dict(),
+                                                      "config": cfg.to_dict(), "epoch": 4})
+    return run
+
+
+@pytest.mark.parametrize("model, args", [("small_cnn", {"width": 4}), ("mlp", {"hidden": 16})])
+def test_round_trip_gives_identical_outputs(tmp_path, model, args):
+    run = fake_run(tmp_path, model, **args)
+    out = export_model(run)
+    assert out == run / "export"
+    original, _, _ = load_model(run)
+    exported = load_exported(out)
+    assert not exported.training
+    x = torch.rand(16, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(exported(x), original.eval()(x))
+    weights = load_file(str(out / "model.safetensors"))
+    assert weights.keys() == original.state_dict().keys()
+
+
+def test_metadata_describes_the_model(tmp_path):
+    run = fake_run(tmp_path, width=4)
+    meta = json.loads((export_model(run) / "model.json").read_text())
+    info = DATASETS["digits"]
+    assert (meta["architecture"], meta["model_args"], meta["num_classes"]) == ("small_cnn", {"width": 4}, 10)
+    assert meta["mean"] == list(info.mean) and meta["std"] == list(info.std)
+    assert meta["input_range"] == [0.0, 1.0] and meta["threat_model"] == "Linf"
+    assert meta["eps"] == 0.2 and meta["dataset"] == "digits" and meta["checkpoint_epoch"] == 4
+
+
+def test_existing_export_needs_force_and_cli_reports_it(tmp_path, capsys):
+    run = fake_run(tmp_path, width=4)
+    assert main(["export", str(run)]) == 0
+    assert "exported to" in capsys.readouterr().out
+    assert main(["export", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("zerograd: error: export folder") and len(err.strip().splitlines()) == 1
+    assert main(["export", str(run), "--force"]) == 0
+
+
+def test_bad_exports_are_refused(tmp_path):
+    out = export_model(fake_run(tmp_path, width=4))
+    meta = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**meta, "architecture": "small_cn"}))
+    with pytest.raises(ConfigError, match="did you mean 'small_cnn'"):
+        load_exported(out)
+    (out / "model.json").write_text(json.dumps(meta))
+    (out / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ConfigError, match="not a readable safetensors file"):
+        load_exported(out)
+    (out / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match="model.safetensors is missing"):
+        load_exported(out)
