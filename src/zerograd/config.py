@@ -53,6 +53,9 @@ class Config:
     test_restarts: int = 10
     test_alpha: float = 0.25
     keep_epoch_checkpoints: bool = True  # needed for rolling back
+    nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
+    nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
+    nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -240,6 +243,7 @@ def load_config(preset: str | None = None, overrides: list[str] = (), base: dict
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam")
+NAN_POLICIES = ("rollback", "stop")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -279,6 +283,10 @@ def validate(cfg: Config) -> Config:
              f"final_checkpoint={cfg.final_checkpoint!r} is invalid: must be 'last' or 'best'")
     _require(cfg.device.split(":")[0] in DEVICES,
              f"device={cfg.device!r} is invalid: must be one of {', '.join(DEVICES)} (cuda:N allowed)")
+    _require(cfg.nan_policy in NAN_POLICIES,
+             f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
+    _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
+    _require(cfg.nan_max_rollbacks >= 0, f"nan_max_rollbacks={cfg.nan_max_rollbacks} is invalid: must be >= 0")
     lookup(DATASETS, cfg.dataset, "dataset")
     lookup(SCHEDULES, cfg.schedule, "schedule")
 
