@@ -15,18 +15,24 @@ from .errors import ConfigError
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write bytes so that `path` holds either its old content or the new, never a mix."""
+    """Write bytes so that `path` holds either its old content or the new, never a mix. A
+    failed write (full disk, read-only folder) is one line saying the old file is intact."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with _suppress():
-            os.unlink(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with _suppress():
+                os.unlink(tmp)
+        if isinstance(e, OSError):
+            kept = "its previous version is intact" if path.exists() else "nothing was written"
+            raise ConfigError(f"cannot write {str(path)!r}: {e.strerror or e}; {kept}") from None
         raise
     _fsync_dir(path.parent)
 
@@ -60,6 +66,16 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     if not isinstance(state, dict):
         raise ConfigError(f"checkpoint {str(path)!r} is not a zerograd checkpoint (expected a mapping)")
     return state
+
+
+def load_weights(model: torch.nn.Module, weights: dict, source: str | Path) -> None:
+    """model.load_state_dict, with another architecture or number of classes as one line."""
+    try:
+        model.load_state_dict(weights)
+    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"checkpoint {str(source)!r} does not fit this model: another "
+                          f"architecture or number of classes ({first})") from None
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import yaml
 
-from .checkpoint import atomic_write, load_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, load_weights
 from .config import FIELDS, Config, apply, load_config, validate
 from .errors import ConfigError
 
@@ -80,16 +80,6 @@ def load_callback_states(callbacks, states: dict) -> None:
 
 
 # --------------------------------------------------------------------------- weights
-
-
-def load_weights(model: torch.nn.Module, weights: dict, source: str | Path) -> None:
-    """model.load_state_dict, with another architecture or number of classes as one line."""
-    try:
-        model.load_state_dict(weights)
-    except (RuntimeError, KeyError, TypeError, AttributeError) as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"checkpoint {str(source)!r} does not fit this model: another "
-                          f"architecture or number of classes ({first})") from None
 
 
 def load_training_state(state, ckpt: dict, source: str | Path) -> None:

@@ -262,6 +262,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
         log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.tensorboard else None)
     if point is not None:
         restore(state, point, callbacks, run_dir / "checkpoints" / "last.pt")
+        state.attack = bind_method(state.cfg)  # method_args may have changed by rollbacks
         best, done = float(point["best_val_pgd"]), bool(point.get("done"))
     elif run_dir is not None:
         start = checkpoint_state(state, -1.0, callbacks)
