@@ -254,9 +254,10 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     best = -1.0
     done = False
     if run_dir is not None:
-        if resume:
-            history = truncate_metrics(run_dir / "metrics.jsonl", point["records"] if point else 0)
-        else:
+        # resuming keeps the lines the checkpoint covers; a (forced) fresh run keeps none
+        history = truncate_metrics(run_dir / "metrics.jsonl", point["records"] if point else 0)
+        if not resume:
+            (run_dir / "eval.json").unlink(missing_ok=True)
             atomic_write(run_dir / "config.yaml",
                          to_yaml(cfg, {"environment": {**environment(), "device": str(device)}}).encode())
         log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.tensorboard else None)
