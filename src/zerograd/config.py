@@ -82,6 +82,11 @@ def parse_number(value, name: str, kind: type):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
     if isinstance(value, (int, float)):
         return float(value)
+    if isinstance(value, str):  # from the command line: "0.03", "8/255"
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and "/" in value:
         num, _, den = value.partition("/")
         try:

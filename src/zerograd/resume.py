@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from .checkpoint import atomic_write, load_checkpoint, load_weights
-from .config import FIELDS, Config, apply, load_config, validate
+from .config import FIELDS, Config, apply, load_config, parse_override, validate
 from .errors import ConfigError
 
 FORMAT = "zerograd-checkpoint-1"
@@ -143,8 +143,10 @@ def resume_config(run_dir: str | Path, preset: str | None = None, overrides=(),
     """The config to resume `run_dir` with. A preset or overrides must reproduce the recorded
     config (they cannot change a half-finished run); data_dir may point elsewhere."""
     cfg = read_run_config(run_dir)
-    if preset or overrides:
-        given = load_config(preset, list(overrides), base=None)
+    if preset or overrides:  # overrides apply on top of the preset if given, else of the run
+        given = load_config(preset, list(overrides)) if preset else cfg
+        for text in [] if preset else overrides:
+            given = validate(apply(given, parse_override(text), source="--set"))
         diff = differences(cfg, given)
         if diff:
             raise ConfigError(f"--resume {str(run_dir)!r}: the given config differs from the run's "
@@ -160,7 +162,7 @@ def resume_point(run_dir: Path, cfg: Config) -> dict | None:
     far as its first checkpoint."""
     if (run_dir / "eval.json").exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: the run is finished (eval.json exists); "
-                          f"evaluate it with `zerograd eval {run_dir}` or start a new run")
+                          f"evaluate it with 'zerograd eval {run_dir}' or start a new run")
     path = run_dir / "checkpoints" / "last.pt"
     if not path.exists():
         return None
