@@ -120,8 +120,11 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, extra, callbacks
         train(cfg, tmp_path / "cut", quiet=True, callbacks=[*cbs, CrashAt(crash_step)])
     with open(tmp_path / "cut" / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 9, "torn')  # the crash tore the last line
+    orphan = tmp_path / "cut" / "checkpoints" / ".last.pt.abc123.tmp"
+    orphan.write_bytes(b"half a checkpoint")  # and left a temp file before its rename
     resumed = train(cfg, tmp_path / "cut", quiet=True, callbacks=callbacks(), resume=True)
     assert same_weights(whole.model.state_dict(), resumed.model.state_dict())
+    assert not orphan.exists()
     for name in ("last.pt", "best.pt", "epoch-3.pt"):
         a = load_checkpoint(tmp_path / "whole" / "checkpoints" / name)
         b = load_checkpoint(tmp_path / "cut" / "checkpoints" / name)

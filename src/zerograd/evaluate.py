@@ -80,7 +80,7 @@ def load_model(path, which: str = "last", *, device="cpu", data_dir=None):
 
     ckpt_path = resolve_checkpoint(path, which)
     state = load_checkpoint(ckpt_path, map_location=device)
-    if "model" not in state or "config" not in state:
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a zerograd checkpoint (no model/config)")
     cfg = from_yaml_dict(state["config"])
     if data_dir is not None:

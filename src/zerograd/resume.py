@@ -180,6 +180,12 @@ def resume_point(run_dir: Path, cfg: Config) -> dict | None:
     return ckpt
 
 
+def remove_temp_files(run_dir: Path) -> None:
+    """Delete the temp files of atomic writes that a kill interrupted (.NAME.XXXX.tmp)."""
+    for path in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:
+        path.unlink(missing_ok=True)
+
+
 def truncate_metrics(path: Path, records: int) -> list[dict]:
     """Keep the first `records` complete lines of metrics.jsonl (those written before the
     checkpoint resumed from), atomically; returns them parsed."""

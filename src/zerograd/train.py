@@ -31,6 +31,7 @@ from .resume import (
     FORMAT,
     callback_states,
     load_training_state,
+    remove_temp_files,
     restore,
     resume_point,
     rng_state,
@@ -256,7 +257,9 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     if run_dir is not None:
         # resuming keeps the lines the checkpoint covers; a (forced) fresh run keeps none
         history = truncate_metrics(run_dir / "metrics.jsonl", point["records"] if point else 0)
-        if not resume:
+        if resume:
+            remove_temp_files(run_dir)
+        else:
             (run_dir / "eval.json").unlink(missing_ok=True)
             atomic_write(run_dir / "config.yaml",
                          to_yaml(cfg, {"environment": {**environment(), "device": str(device)}}).encode())
