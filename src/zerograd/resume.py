@@ -160,6 +160,8 @@ def resume_point(run_dir: Path, cfg: Config) -> dict | None:
     """The checkpoint to continue from (checkpoints/last.pt), after checking that the run is
     unfinished and that the checkpoint belongs to this config; None if training never got as
     far as its first checkpoint."""
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r} is not a zerograd run folder (no config.yaml)")
     if (run_dir / "eval.json").exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: the run is finished (eval.json exists); "
                           f"evaluate it with 'zerograd eval {run_dir}' or start a new run")

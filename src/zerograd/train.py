@@ -299,10 +299,10 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             return "rolled_back"
         return None
 
-    def save_resume_point(done: bool = False) -> None:
+    def save_resume_point(finished: bool = False) -> None:
         """last.pt = the state right now, so a crash from here on resumes exactly here."""
         nonlocal last_good
-        ckpt = checkpoint_state(state, best, callbacks, len(history), done)
+        ckpt = checkpoint_state(state, best, callbacks, len(history), finished)
         if run_dir is not None:
             save_checkpoint(run_dir / "checkpoints" / "last.pt", ckpt)
         else:
@@ -403,16 +403,14 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 outcome, action = act(action), None
             improved = score > best
             best = max(best, score)
-            ckpt = checkpoint_state(state, best, callbacks, len(history), outcome == "stop")
             if run_dir is not None:
+                ckpt = checkpoint_state(state, best, callbacks, len(history), outcome == "stop")
                 ckpt_dir = run_dir / "checkpoints"
                 if cfg.keep_epoch_checkpoints:
                     save_checkpoint(ckpt_dir / f"epoch-{epoch}.pt", ckpt)
                 if improved or not (ckpt_dir / "best.pt").exists():
                     save_checkpoint(ckpt_dir / "best.pt", ckpt)
-                save_checkpoint(ckpt_dir / "last.pt", ckpt)
-            else:
-                last_good = copy.deepcopy(ckpt)
+            save_resume_point(outcome == "stop")
             if outcome == "stop":
                 break
             if action is not None:
