@@ -114,14 +114,18 @@ def restore(state, ckpt: dict, callbacks, source: str | Path) -> None:
 # --------------------------------------------------------------------------- run folders
 
 
-def read_run_config(run_dir: str | Path) -> Config:
-    """The Config recorded in a run folder's config.yaml, checked like any other config."""
-    run_dir = Path(run_dir)
+def _config_path(run_dir: Path) -> Path:
     if not run_dir.is_dir():
         raise ConfigError(f"--resume {str(run_dir)!r}: no such run folder")
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume {str(run_dir)!r} is not a zerograd run folder (no config.yaml)")
+    return path
+
+
+def read_run_config(run_dir: str | Path) -> Config:
+    """The Config recorded in a run folder's config.yaml, checked like any other config."""
+    path = _config_path(Path(run_dir))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -160,8 +164,7 @@ def resume_point(run_dir: Path, cfg: Config) -> dict | None:
     """The checkpoint to continue from (checkpoints/last.pt), after checking that the run is
     unfinished and that the checkpoint belongs to this config; None if training never got as
     far as its first checkpoint."""
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r} is not a zerograd run folder (no config.yaml)")
+    _config_path(run_dir)
     if (run_dir / "eval.json").exists():
         raise ConfigError(f"--resume {str(run_dir)!r}: the run is finished (eval.json exists); "
                           f"evaluate it with 'zerograd eval {run_dir}' or start a new run")
