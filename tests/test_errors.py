@@ -58,6 +58,9 @@ def make_places(tmp: Path, run: Path) -> dict[str, Path]:
     p["BROKEN"] = _copy(p["UNFINISHED"], tmp / "broken")
     last = p["BROKEN"] / "checkpoints" / "last.pt"
     last.write_bytes(last.read_bytes()[:300])
+    p["OLDRUN"] = _copy(p["UNFINISHED"], tmp / "oldrun")
+    old = torch.load(p["OLDRUN"] / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({**old, "format": "zerograd-checkpoint-1"}, p["OLDRUN"] / "checkpoints" / "last.pt")
     p["BADCFG"] = _copy(p["UNFINISHED"], tmp / "badcfg")
     (p["BADCFG"] / "config.yaml").write_text("epochs: [1\n")
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)

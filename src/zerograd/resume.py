@@ -3,6 +3,7 @@ schedule position, callback state, how many metrics lines it covers) and how a k
 picked up again. Every check happens before anything in the folder is touched."""
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from .checkpoint import atomic_write, load_checkpoint, load_weights
 from .config import FIELDS, Config, apply, load_config, parse_override, validate
 from .errors import ConfigError
 
-FORMAT = "zerograd-checkpoint-1"
+FORMAT = "zerograd-checkpoint-2"  # 2: with RNG, schedule, callback and log state
 # Keys a resumed run may change: where the data lives and which device runs it. method_args
 # may legitimately differ between config.yaml and the checkpoint after a rollback.
 MAY_DIFFER = ("data_dir", "device")
@@ -173,7 +174,8 @@ def resume_point(run_dir: Path, cfg: Config) -> dict | None:
         return None
     ckpt = load_checkpoint(path)
     if ckpt.get("format") != FORMAT or "config" not in ckpt:
-        raise ConfigError(f"checkpoint {str(path)!r} is not a zerograd checkpoint ({FORMAT})")
+        raise ConfigError(f"checkpoint {str(path)!r} is not a {FORMAT} file (an older zerograd's, or "
+                          "another program's): it cannot be resumed exactly")
     try:
         saved = apply(Config(), {k: v for k, v in ckpt["config"].items() if k in FIELDS})
     except (ConfigError, AttributeError, TypeError):
@@ -194,8 +196,6 @@ def remove_temp_files(run_dir: Path) -> None:
 def truncate_metrics(path: Path, records: int) -> list[dict]:
     """Keep the first `records` complete lines of metrics.jsonl (those written before the
     checkpoint resumed from), atomically; returns them parsed."""
-    import json
-
     if not path.is_file():
         return []
     lines = []
