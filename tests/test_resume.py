@@ -199,3 +199,17 @@ def test_sigkill_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
     assert same_weights(whole.model.state_dict(), final["model"]), info
     assert comparable(read_metrics(run)) == comparable(read_metrics(tmp_path / "whole")), info
     assert eval_without_time(run) == eval_without_time(tmp_path / "whole"), info
+
+
+def test_a_forced_run_in_an_old_folder_starts_a_clean_log(tmp_path):
+    from zerograd.cli import main
+
+    out = str(tmp_path / "r")
+    sets = [a for s in SETS + ["epochs=1"] for a in ("--set", s)]
+    assert main(["train", "--preset", "quickstart", "--quiet", "--out", out, *sets]) == 0
+    first = (tmp_path / "r" / "eval.json").read_text()
+    assert main(["train", "--preset", "quickstart", "--quiet", "--out", out, "--force", *sets,
+                 "--set", "seed=1"]) == 0
+    records = read_metrics(out)
+    assert [r["epoch"] for r in records if "train/loss" in r] == [1]  # not the old run's too
+    assert json.loads((tmp_path / "r" / "eval.json").read_text())["seed"] == 1 != json.loads(first)["seed"]
