@@ -16,12 +16,28 @@ def _train(args) -> int:
     from .train import train
 
     overrides = list(args.set or [])
+    if args.resume:
+        return _resume(args, overrides)
     if args.data_dir:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = load_config(args.preset, overrides)
     out = args.out or Path("runs") / f"{args.preset or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
     run = train(cfg, out, quiet=args.quiet, force=args.force)
     if not args.quiet and run.dir is not None:  # rank 0 only under torchrun
+        print(f"run folder: {run.dir}", file=sys.stderr)
+    return 0
+
+
+def _resume(args, overrides: list[str]) -> int:
+    from .resume import resume_config
+    from .train import train
+
+    for flag, given in (("--out", args.out), ("--force", args.force)):
+        if given:
+            raise ConfigError(f"--resume cannot be combined with {flag}: the run folder is the one resumed")
+    cfg = resume_config(args.resume, args.preset, overrides, args.data_dir)
+    run = train(cfg, args.resume, quiet=args.quiet, resume=True)
+    if not args.quiet:
         print(f"run folder: {run.dir}", file=sys.stderr)
     return 0
 
@@ -94,8 +110,16 @@ def _bench(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line like every other error (exit 2)."""
+
+    def error(self, message: str):
+        command = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
+        self.exit(2, f"zerograd: error: {message} (see zerograd {command}--help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="zerograd", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="zerograd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model (see `zerograd presets`)")
@@ -106,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
+    p.add_argument("--resume", metavar="RUN", help="continue the unfinished run folder RUN exactly")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="clean and robust accuracy (PGD, FGSM, AutoAttack) of a "
@@ -166,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         print(f"zerograd: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a vanished folder
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"zerograd: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zerograd: interrupted", file=sys.stderr)

@@ -57,6 +57,9 @@ class Config:
     test_restarts: int = 10
     test_alpha: float = 0.25
     keep_epoch_checkpoints: bool = True  # needed for rolling back
+    nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
+    nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
+    nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -83,6 +86,11 @@ def parse_number(value, name: str, kind: type):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
     if isinstance(value, (int, float)):
         return float(value)
+    if isinstance(value, str):  # from the command line: "0.03", "8/255"
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and "/" in value:
         num, _, den = value.partition("/")
         try:
@@ -244,6 +252,7 @@ def load_config(preset: str | None = None, overrides: list[str] = (), base: dict
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 OPTIMIZERS = ("sgd", "adam")
+NAN_POLICIES = ("rollback", "stop")
 
 
 def _require(ok: bool, message: str) -> None:
@@ -291,6 +300,10 @@ def validate(cfg: Config) -> Config:
     _require(cfg.multigrad_ranks == 1 or cfg.method == "multigrad",
              f"multigrad_ranks={cfg.multigrad_ranks} spreads MultiGrad's starts and needs method=multigrad "
              f"(method is {cfg.method!r}); use multigrad_ranks=1")
+    _require(cfg.nan_policy in NAN_POLICIES,
+             f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
+    _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
+    _require(cfg.nan_max_rollbacks >= 0, f"nan_max_rollbacks={cfg.nan_max_rollbacks} is invalid: must be >= 0")
     lookup(DATASETS, cfg.dataset, "dataset")
     lookup(SCHEDULES, cfg.schedule, "schedule")
 

@@ -114,14 +114,14 @@ def resolve_checkpoint(path, which: str = "last"):
 def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=None):
     """(model, config, checkpoint path, checkpoint dict) from a run folder or checkpoint,
     loaded as data only."""
-    from .checkpoint import load_checkpoint
+    from .checkpoint import load_checkpoint, load_weights
     from .config import from_yaml_dict
     from .data import DATASETS
     from .models import build_model
 
     ckpt_path = resolve_checkpoint(path, which)
     state = load_checkpoint(ckpt_path, map_location=device)
-    if "model" not in state or "config" not in state:
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
         raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a zerograd checkpoint (no model/config)")
     cfg = from_yaml_dict(state["config"])
     if data_dir is not None:
@@ -129,13 +129,7 @@ def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=N
     info = DATASETS[cfg.dataset]
     model = build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
                         mean=info.mean, std=info.std, **cfg.model_args).to(device)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise ConfigError(
-            f"checkpoint {str(ckpt_path)!r} does not match model {cfg.model!r} "
-            f"for {cfg.dataset} ({str(e).splitlines()[0][:160]})"
-        ) from None
+    load_weights(model, state["model"], ckpt_path)
     return model, cfg, ckpt_path, state
 
 

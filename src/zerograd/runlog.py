@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import tempfile
 from pathlib import Path
 
 from .checkpoint import atomic_write
@@ -26,8 +26,11 @@ def prepare_run_dir(path: str | Path, *, force: bool = False, resume: bool = Fal
         (path / "checkpoints").mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create output folder {str(path)!r}: {e.strerror}") from None
-    if not os.access(path, os.W_OK):
-        raise ConfigError(f"output folder {str(path)!r} is not writable")
+    try:  # a real write, not os.access: that one is wrong for root, ACLs and read-only mounts
+        with tempfile.TemporaryFile(dir=path / "checkpoints"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror}") from None
     return path
 
 

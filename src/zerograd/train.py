@@ -2,6 +2,7 @@
 and no diagnostic (callbacks return metrics or actions)."""
 from __future__ import annotations
 
+import copy
 import math
 import platform
 import random
@@ -16,16 +17,27 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import Config, to_yaml, validate
 from .data import Data, batches, check_available, load_data, to_float
-from .distributed import Parallel, setup
+from .distributed import Parallel, check_resume, setup
 from .errors import ConfigError
 from .evaluate import evaluate, robust_flags
 from .models import build_model
+from .nanguard import nonfinite
 from .perturb import METHODS
 from .precision import amp_dtype, grad_scaler
 from .regularize import grad_align
+from .resume import (
+    FORMAT,
+    callback_states,
+    load_training_state,
+    remove_temp_files,
+    restore,
+    resume_point,
+    rng_state,
+    truncate_metrics,
+)
 from .runlog import MetricsLog, prepare_run_dir, write_json
 from .schedules import SCHEDULES
 
@@ -69,6 +81,8 @@ class TrainState:
     run_dir: Path | None = None
     rollbacks: int = 0
     dist: Parallel | None = None  # rank, world size; None: a single process
+    lr_scale: float = 1.0  # the schedule's lr times this (lowered by NaN rollbacks)
+    nan_rollbacks: int = 0
 
 
 @dataclass
@@ -175,9 +189,12 @@ def _progress(iterable, total, quiet, desc):
 # --------------------------------------------------------------------------- the loop
 
 
-def checkpoint_state(state: TrainState, best: float) -> dict:
+def checkpoint_state(state: TrainState, best: float, callbacks=(), records: int = 0,
+                     done: bool = False) -> dict:
+    """All a run needs to continue exactly from here (see resume.py); `records` is how many
+    metrics.jsonl lines precede this point, `done` that training ended (a Stop)."""
     return {
-        "format": "zerograd-checkpoint-1",
+        "format": FORMAT,
         "model": state.model.state_dict(),
         "optimizer": state.optimizer.state_dict(),
         "epoch": state.epoch,
@@ -185,7 +202,13 @@ def checkpoint_state(state: TrainState, best: float) -> dict:
         "best_val_pgd": best,
         "method_args": dict(state.cfg.method_args),
         "config": state.cfg.to_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "schedule": {"step": state.step, "lr_scale": state.lr_scale},
+        "rng": rng_state(),
+        "callbacks": callback_states(callbacks),
+        "rollbacks": state.rollbacks,
+        "nan_rollbacks": state.nan_rollbacks,
+        "records": records,
+        "done": done,
         "world_size": state.dist.world_size if state.dist else 1,
     }
 
@@ -202,8 +225,10 @@ def validation_metrics(state: TrainState) -> dict:
 
 
 def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bool = False,
-          force: bool = False) -> Run:
-    """Train a model by cfg; write the run folder `out` (if given); return the Run.
+          force: bool = False, resume: bool = False) -> Run:
+    """Train a model by cfg; write the run folder `out` (if given); return the Run. With
+    `resume`, continue the unfinished run in `out` from its last checkpoint, bitwise as if it
+    had never stopped.
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
@@ -211,13 +236,19 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     device = par.device
     amp_dtype(cfg.amp, cfg.amp_dtype, device)  # fp16 without CUDA fails here, before any work
     check_available(cfg.dataset, cfg.data_dir)
-    run_dir = par.on_main(prepare_run_dir, out, force=force) if out is not None else None
     quiet = quiet or not par.is_main
+    if resume and out is None:
+        raise ConfigError("resume=True needs the run folder to resume as `out`")
+    point = resume_point(Path(out), cfg) if resume else None
+    if point is not None:
+        check_resume(point, cfg, par.world_size)
 
     seed_everything(cfg.seed)
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
                      train_subset=cfg.train_subset, test_subset=cfg.test_n, device=device,
                      seed=cfg.seed)
+    run_dir = par.on_main(prepare_run_dir, out, force=force, resume=resume) if out is not None else None
+    writer = run_dir if par.is_main else None  # every rank reads the run folder; rank 0 writes it
     model = build_for(cfg, data, device)
     optimizer = make_optimizer(cfg, model)
     model, train_model = par.wrap(model, cfg, to_float(data.train.x[:1]))
@@ -231,13 +262,30 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     state = TrainState(cfg=cfg, model=model, optimizer=optimizer, data=data, attack=bind_method(cfg, par),
                        device=device, steps_per_epoch=steps_per_epoch, run_dir=run_dir, dist=par)
     log = None
-    if run_dir is not None and par.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg, {"environment": {**environment(), "device": str(device)}}))
-        log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.tensorboard else None)
-        save_checkpoint(run_dir / "checkpoints" / "epoch-0.pt", checkpoint_state(state, -1.0))
     history: list[dict] = []
     best = -1.0
+    done = False
+    if writer is not None:
+        # resuming keeps the lines the checkpoint covers; a (forced) fresh run keeps none
+        history = truncate_metrics(run_dir / "metrics.jsonl", point["records"] if point else 0)
+        if resume:
+            remove_temp_files(run_dir)
+        else:
+            (run_dir / "eval.json").unlink(missing_ok=True)
+            atomic_write(run_dir / "config.yaml",
+                         to_yaml(cfg, {"environment": {**environment(), "device": str(device)}}).encode())
+        log = MetricsLog(run_dir / "metrics.jsonl", run_dir / "tensorboard" if cfg.tensorboard else None)
+    if point is not None:
+        restore(state, point, callbacks, run_dir / "checkpoints" / "last.pt")
+        state.attack = bind_method(state.cfg, par)  # method_args may have changed by rollbacks
+        best, done = float(point["best_val_pgd"]), bool(point.get("done"))
+    elif writer is not None:
+        start = checkpoint_state(state, -1.0, callbacks)
+        save_checkpoint(run_dir / "checkpoints" / "epoch-0.pt", start)
+        save_checkpoint(run_dir / "checkpoints" / "last.pt", start)
     init_state = {k: v.clone() for k, v in model.state_dict().items()} if run_dir is None else None
+    # the NaN guard's last good state: last.pt in a run folder, else a copy kept in memory
+    last_good = copy.deepcopy(checkpoint_state(state, best, callbacks)) if run_dir is None else None
 
     def emit(record: dict) -> None:
         history.append(record)
@@ -259,12 +307,41 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             state.rollbacks += 1
             emit({"event": "rollback", "epoch": state.epoch, "step": state.step, "to_epoch": action.epoch,
                   "method_args": dict(state.cfg.method_args), "reason": action.reason})
+            save_resume_point()
             return "rolled_back"
         return None
 
+    def save_resume_point(finished: bool = False) -> None:
+        """last.pt = the state right now, so a crash from here on resumes exactly here."""
+        nonlocal last_good
+        ckpt = checkpoint_state(state, best, callbacks, len(history), finished)
+        if writer is not None:
+            save_checkpoint(writer / "checkpoints" / "last.pt", ckpt)
+        elif run_dir is None:
+            last_good = copy.deepcopy(ckpt)
+
+    def recover(what: str) -> str:
+        """A non-finite loss or gradient (no step was taken): roll back to the last good
+        state with a lower learning rate, or stop (keeping the best checkpoint)."""
+        event = {"event": "nonfinite", "what": what, "epoch": state.epoch, "step": state.step,
+                 "lr": lr}
+        if cfg.nan_policy == "stop" or state.nan_rollbacks >= cfg.nan_max_rollbacks:
+            emit({**event, "action": "stop", "nan_rollbacks": state.nan_rollbacks})
+            return "nan_stop"
+        source = run_dir / "checkpoints" / "last.pt" if run_dir is not None else "memory"
+        good = load_checkpoint(source, map_location=device) if run_dir is not None else last_good
+        scale, count = state.lr_scale * cfg.nan_lr_factor, state.nan_rollbacks + 1
+        load_training_state(state, good, source)
+        state.lr_scale, state.nan_rollbacks = scale, count
+        emit({**event, "action": "rollback", "to_epoch": state.epoch, "to_step": state.step,
+              "lr_scale": scale, "nan_rollbacks": count})
+        save_resume_point()
+        return "rolled_back"
+
+    outcome = None
     try:
-        epoch = 0
-        while epoch < cfg.epochs:
+        epoch = state.epoch
+        while epoch < cfg.epochs and not done:
             epoch += 1
             state.epoch = epoch
             model.train()
@@ -278,7 +355,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 if shard is None:
                     continue
                 x, y = shard.x, shard.y
-                lr = schedule(state.step)
+                lr = schedule(state.step) * state.lr_scale
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 if device.type == "cuda" and cfg.channels_last:
@@ -292,6 +369,11 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                         loss = loss + grad_align(train_model, x, y, eps=cfg.eps, lam=cfg.grad_align)
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(shard.weight(loss, len(y))).backward()
+                bad = nonfinite(loss, model, grads=not scaler.is_enabled())  # the scaler skips inf steps
+                if bad:
+                    optimizer.zero_grad(set_to_none=True)
+                    outcome = recover(bad)
+                    break
                 if cfg.clip_grad_norm is not None:
                     scaler.unscale_(optimizer)
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_grad_norm)
@@ -317,6 +399,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             if outcome == "rolled_back":
                 epoch = state.epoch
                 continue
+            if outcome == "nan_stop":
+                break
             loss_sum, correct_sum, seen = par.sum(loss_sum, correct_sum, seen)
             metrics = {"epoch": epoch, "step": state.step, "lr": lr,
                        "train/loss": float(loss_sum) / max(seen, 1),
@@ -335,15 +419,18 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             if not quiet:
                 print(format_epoch_line(metrics), file=sys.stderr, flush=True)
             score = metrics.get("val/pgd_acc", -1.0)
-            if run_dir is not None and par.is_main:
-                ckpt = checkpoint_state(state, max(best, score))
+            if isinstance(action, Stop):  # before saving, so the checkpoint knows training ended
+                outcome, action = act(action), None
+            improved = score > best
+            best = max(best, score)
+            if writer is not None:
+                ckpt = checkpoint_state(state, best, callbacks, len(history), outcome == "stop")
                 ckpt_dir = run_dir / "checkpoints"
                 if cfg.keep_epoch_checkpoints:
                     save_checkpoint(ckpt_dir / f"epoch-{epoch}.pt", ckpt)
-                if score > best or not (ckpt_dir / "best.pt").exists():
+                if improved or not (ckpt_dir / "best.pt").exists():
                     save_checkpoint(ckpt_dir / "best.pt", ckpt)
-                save_checkpoint(ckpt_dir / "last.pt", ckpt)
-            best = max(best, score)
+            save_resume_point(outcome == "stop")
             if outcome == "stop":
                 break
             if action is not None:
@@ -353,7 +440,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                 if outcome == "rolled_back":
                     epoch = state.epoch
         par.barrier()  # best.pt is written before any rank reads it
-        result = final_evaluation(state, run_dir, quiet)
+        result = final_evaluation(state, run_dir, quiet, after_nan=outcome == "nan_stop")
     finally:
         if log is not None:
             log.close()
@@ -370,22 +457,22 @@ def restore_epoch(state: TrainState, epoch: int, init_state: dict | None) -> Non
         state.model.load_state_dict(init_state)
         state.epoch, state.step = 0, 0
         return
-    ckpt = load_checkpoint(state.run_dir / "checkpoints" / f"epoch-{epoch}.pt", map_location=state.device)
-    state.model.load_state_dict(ckpt["model"])
-    state.optimizer.load_state_dict(ckpt["optimizer"])
-    state.epoch, state.step = ckpt["epoch"], ckpt["step"]
+    path = state.run_dir / "checkpoints" / f"epoch-{epoch}.pt"
+    load_training_state(state, load_checkpoint(path, map_location=state.device), path)
 
 
-def final_evaluation(state: TrainState, run_dir: Path | None, quiet: bool) -> dict:
-    """Clean and PGD accuracy on the test split with the chosen checkpoint; eval.json."""
+def final_evaluation(state: TrainState, run_dir: Path | None, quiet: bool, after_nan: bool = False) -> dict:
+    """Clean and PGD accuracy on the test split with the chosen checkpoint (the best one after
+    a NaN stop); eval.json."""
     cfg, model = state.cfg, state.model
-    if cfg.final_checkpoint == "best" and run_dir is not None and (run_dir / "checkpoints" / "best.pt").exists():
+    which = "best" if after_nan else cfg.final_checkpoint
+    if which == "best" and run_dir is not None and (run_dir / "checkpoints" / "best.pt").exists():
         ckpt = load_checkpoint(run_dir / "checkpoints" / "best.pt", map_location=state.device)
         model.load_state_dict(ckpt["model"])
     result = evaluate(model, state.data.test, eps=cfg.eps, steps=cfg.test_pgd_steps,
                       restarts=cfg.test_restarts, alpha=cfg.test_alpha, batch_size=max(cfg.batch_size, 256),
                       flags=state.dist.robust_flags if state.dist else robust_flags)
-    result.update({"checkpoint": cfg.final_checkpoint, "dataset": cfg.dataset, "split": "test",
+    result.update({"checkpoint": which, "dataset": cfg.dataset, "split": "test",
                    "method": cfg.method, "seed": cfg.seed})
     if run_dir is not None and (state.dist is None or state.dist.is_main):
         write_json(run_dir / "eval.json", result)

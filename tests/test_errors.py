@@ -1,0 +1,161 @@
+"""Every row of docs/errors.md: the bad input (config value, CLI argument, file, folder, data)
+gets exactly the documented message, as one line on stderr, exit code 2, no traceback, and
+leaves every file and folder as it was. A few rows also run through a real subprocess."""
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from zerograd.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "errors.md"
+ROW = re.compile(r"^\| (\d+) \| [^|]+ \| `(.+)` \| `(.+)` \|$")
+SUBPROCESS_ROWS = {  # through `python -m zerograd`; none that would try a download
+    "zerograd fly", "zerograd eval EVIL", "zerograd train --resume BROKEN",
+    "zerograd train --preset cifar10-zerograd --data-dir JUNKDATA --out OUT"}
+TINY = ["epochs=1", "model_args.width=4", "val_size=50", "test_n=20", "test_restarts=1",
+        "test_pgd_steps=2", "val_pgd_steps=2"]
+
+
+def rows() -> list[tuple[str, str, str]]:
+    found = []
+    for line in DOC.read_text().splitlines():
+        m = ROW.match(line)
+        if m:
+            found.append((m[1], m[2], m[3].replace("\\|", "|")))
+    return found
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("made") / "run"
+    assert main(["train", "--preset", "quickstart", "--quiet", "--out", str(out),
+                 *[a for s in TINY for a in ("--set", s)]]) == 0
+    return out
+
+
+def _copy(src: Path, dest: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dest)
+    return dest
+
+
+def make_places(tmp: Path, run: Path) -> dict[str, Path]:
+    """The files and folders the table's placeholders stand for, made under `tmp`."""
+    from tests.test_checkpoint import Payload
+
+    p = {"OUT": tmp / "out", "MISSING": tmp / "missing", "RUN": _copy(run, tmp / "run")}
+    p["UNFINISHED"] = _copy(run, tmp / "unfinished")
+    (p["UNFINISHED"] / "eval.json").unlink()
+    p["BROKEN"] = _copy(p["UNFINISHED"], tmp / "broken")
+    last = p["BROKEN"] / "checkpoints" / "last.pt"
+    last.write_bytes(last.read_bytes()[:300])
+    p["OLDRUN"] = _copy(p["UNFINISHED"], tmp / "oldrun")
+    old = torch.load(p["OLDRUN"] / "checkpoints" / "last.pt", weights_only=True)
+    torch.save({**old, "format": "zerograd-checkpoint-1"}, p["OLDRUN"] / "checkpoints" / "last.pt")
+    p["EDITED"] = _copy(p["UNFINISHED"], tmp / "edited")
+    text = (p["EDITED"] / "config.yaml").read_text()
+    (p["EDITED"] / "config.yaml").write_text(text.replace("\nepochs: 1\n", "\nepochs: 4\n"))
+    p["BADCFG"] = _copy(p["UNFINISHED"], tmp / "badcfg")
+    (p["BADCFG"] / "config.yaml").write_text("epochs: [1\n")
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    p["EVIL"] = tmp / "evil.pt"
+    torch.save({**ckpt, "extra": Payload(tmp / "pwned")}, p["EVIL"])
+    p["TRUNC"] = tmp / "trunc.pt"
+    p["TRUNC"].write_bytes((run / "checkpoints" / "last.pt").read_bytes()[:1000])
+    p["JUNK"] = tmp / "junk.pt"
+    p["JUNK"].write_bytes(bytes(range(256)) * 8)
+    p["WRONG"] = tmp / "wrong.pt"
+    torch.save({**ckpt, "config": {**ckpt["config"], "model_args": {"width": 16}}}, p["WRONG"])
+    p["NOCFG"] = tmp / "nocfg.pt"
+    torch.save({"model": ckpt["model"]}, p["NOCFG"])
+    p["BADINSIDE"] = tmp / "badinside.pt"
+    torch.save({"model": [1, 2], "config": "cifar10"}, p["BADINSIDE"])
+    p["EMPTYDIR"] = tmp / "emptydir"
+    p["EMPTYDIR"].mkdir()
+    p["NONEMPTY"] = tmp / "nonempty"
+    p["NONEMPTY"].mkdir()
+    (p["NONEMPTY"] / "notes.txt").write_text("mine")
+    p["FILE"] = tmp / "file.txt"
+    p["FILE"].write_text("not a folder")
+    p["BADYAML"] = tmp / "bad.yaml"
+    p["BADYAML"].write_text("epochs: [3\n")
+    p["LISTYAML"] = tmp / "list.yaml"
+    p["LISTYAML"].write_text("- epochs\n- 3\n")
+    p["DATA"] = tmp / "data"
+    p["DATA"].mkdir()
+    p["JUNKDATA"] = tmp / "junkdata"
+    batches = p["JUNKDATA"] / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (batches / name).write_bytes(b"\x80\x04 not a pickle")
+    return p
+
+
+def snapshot(root: Path) -> dict:
+    """Every path under root with its content hash (folders: None)."""
+    return {str(q.relative_to(root)): None if q.is_dir() else hashlib.sha256(q.read_bytes()).hexdigest()
+            for q in sorted(root.rglob("*"))}
+
+
+def registries() -> dict[str, str]:
+    """The name lists messages print, as the placeholders the table shows them by (so a new
+    preset or method does not change the table)."""
+    from zerograd.config import preset_names
+    from zerograd.data import DATASETS
+    from zerograd.models import MODELS
+    from zerograd.perturb import METHODS
+
+    return {"PRESETS": ", ".join(preset_names()), "METHODS": ", ".join(sorted(METHODS)),
+            "MODELS": ", ".join(sorted(MODELS)), "DATASETS": ", ".join(sorted(DATASETS))}
+
+
+def substitute(text: str, places: dict[str, Path]) -> str:
+    for name in sorted(places, key=lambda n: -len(str(places[n]))):  # longest path first
+        text = text.replace(str(places[name]), name)
+    for name, names in registries().items():
+        text = text.replace(f"valid: {names}", f"valid: {name}")
+    return text
+
+
+def test_the_table_has_at_least_25_distinct_rows():
+    table = rows()
+    assert len(table) >= 25
+    assert SUBPROCESS_ROWS <= {r[1] for r in table}
+    assert len({r[0] for r in table}) == len(table) and len({r[1] for r in table}) == len(table)
+
+
+@pytest.mark.parametrize("num, command, message", rows(), ids=[r[0] for r in rows()])
+def test_bad_input_gets_the_documented_line(num, command, message, tmp_path, finished_run, capsys,
+                                            monkeypatch):
+    from zerograd import data
+
+    monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.chdir(tmp_path)
+    places = make_places(tmp_path, finished_run)
+    words = command.split()[1:]  # drop "zerograd"
+    argv = [str(places.get(w, w)) for w in words]
+    before = snapshot(tmp_path)
+    if command in SUBPROCESS_ROWS:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ZEROGRAD_DATA_DIR": str(places["DATA"])}
+        proc = subprocess.run([sys.executable, "-m", "zerograd", *argv], capture_output=True, text=True,
+                              check=False, env=env, timeout=300, cwd=tmp_path)
+        code, err = proc.returncode, proc.stderr
+    else:
+        try:
+            code = main(argv)
+        except SystemExit as e:  # argparse usage errors
+            code = e.code
+        err = capsys.readouterr().err
+    assert code == 2, shlex.join(argv)
+    assert substitute(err, places) == message + "\n"  # exactly one line, no traceback
+    assert snapshot(tmp_path) == before
+    assert not (tmp_path / "pwned").exists()
