@@ -160,9 +160,6 @@ def _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version
     elif attacks or attack_params or version != "standard":
         raise ConfigError(f"--version/--attacks choose AutoAttack's attacks; they need "
                           f"--attack autoattack, not --attack {attack}")
-    if isinstance(eps, str) and "/" not in eps:  # the CLI passes text: "0.03" or "8/255"
-        with contextlib.suppress(ValueError):
-            eps = float(eps)
     eps_value = None if eps is None else parse_number(eps, "--eps", float)
     if eps_value is not None and not 0 < eps_value <= 1:
         raise ConfigError(f"--eps={eps} is invalid: must be in (0, 1] (e.g. 8/255)")
