@@ -20,6 +20,7 @@ from . import __version__
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config, to_yaml, validate
 from .data import Data, batches, check_available, load_data
+from .diagnostics import callbacks_for
 from .errors import ConfigError
 from .evaluate import evaluate, robust_flags
 from .models import build_model
@@ -36,6 +37,7 @@ class Stop:
     """A callback asks the loop to stop after this step or epoch."""
 
     reason: str
+    info: dict = field(default_factory=dict)  # extra fields for the logged event
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Rollback:
     epoch: int
     method_args: dict = field(default_factory=dict)
     reason: str = ""
+    info: dict = field(default_factory=dict)  # extra fields for the logged event
 
 
 @dataclass
@@ -202,6 +205,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
+    callbacks = (*callbacks_for(cfg), *callbacks)
     device = resolve_device(cfg.device)
     check_available(cfg.dataset, cfg.data_dir)
     run_dir = prepare_run_dir(out, force=force) if out is not None else None
@@ -240,7 +244,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
         """Carry out a callback's action; returns 'stop', 'rolled_back' or None."""
         nonlocal best
         if isinstance(action, Stop):
-            emit({"event": "stop", "epoch": state.epoch, "step": state.step, "reason": action.reason})
+            emit({"event": "stop", "epoch": state.epoch, "step": state.step, "reason": action.reason,
+                  **action.info})
             return "stop"
         if isinstance(action, Rollback):
             restore_epoch(state, action.epoch, init_state)
@@ -249,7 +254,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             state.attack = bind_method(state.cfg)
             state.rollbacks += 1
             emit({"event": "rollback", "epoch": state.epoch, "step": state.step, "to_epoch": action.epoch,
-                  "method_args": dict(state.cfg.method_args), "reason": action.reason})
+                  "method_args": dict(state.cfg.method_args), "reason": action.reason, **action.info})
             return "rolled_back"
         return None
 
@@ -259,6 +264,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             epoch += 1
             state.epoch = epoch
             model.train()
+            for cb in callbacks:
+                getattr(cb, "on_epoch_start", None) and cb.on_epoch_start(state)
             t0 = time.perf_counter()
             loss_sum = correct_sum = seen = 0.0
             outcome = None
