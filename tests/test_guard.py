@@ -158,3 +158,30 @@ def test_log_action_only_records_the_event(tmp_path):
     assert not [m for m in run.history if m.get("event")]
     flagged = [m["epoch"] for m in run.history if m.get("co/detected")]
     assert flagged == [2, 3]
+
+
+def test_within_epoch_check_fires_at_its_step_and_rolls_back(tmp_path, monkeypatch):
+    """Every-k-steps checks: the subset's PGD accuracy collapses from the 3rd check on while
+    FGSM holds; the guard rolls back to the last healthy epoch at that step."""
+    import zerograd.guard as guard_module
+
+    calls = {"pgd": 0}
+
+    def scripted(model, split, attack, **kw):
+        n = len(split)
+        if attack == "pgd":
+            calls["pgd"] += 1
+            acc = 0.4 if calls["pgd"] < 3 else 0.0
+        else:
+            acc = 0.5
+        flags = torch.arange(n) < int(acc * n)
+        return torch.ones(n, dtype=torch.bool), flags
+
+    monkeypatch.setattr(guard_module, "robust_flags", scripted)
+    cfg = load_config("quickstart", FAST + ["guard.enabled=true", "guard.every=8", "guard.check_n=50",
+                                            "guard.max_rollbacks=1"])
+    run = train(cfg, tmp_path / "r", quiet=True)
+    events = [m for m in run.history if m.get("event")]
+    assert events[0]["event"] == "rollback" and events[0]["co/source"] == "step"
+    assert events[0]["co/step"] == 24 and events[0]["co/epoch"] == 2  # 20 steps per epoch
+    assert events[0]["to_epoch"] == 1 and events[-1]["event"] == "stop"

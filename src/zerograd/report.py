@@ -255,6 +255,9 @@ def plot_run(run: RunRecord, path: Path) -> None:
             twin.set_ylabel("val PGD acc", color="red", fontsize=7)
             twin.tick_params(axis="y", labelsize=7, colors="red")
         _mark_events(ax, run)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1, 0].set_xlabel("epoch trained (rolled-back epochs count again)")
     fig.suptitle(f"{run.name}: {setting_label(run.config)}, seed {run.config.get('seed', '?')}", fontsize=10)
     fig.tight_layout()
@@ -278,6 +281,9 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
         i = labels.index(label)
         ax.plot(xs, ys, color=colours(i % 10), alpha=0.8, label=label if r is next(
             q for q in runs if setting_label(q.config) == label) else None)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch trained")
     ax.set_ylabel("validation PGD accuracy")
     ax.grid(alpha=0.3)
