@@ -134,9 +134,9 @@ def test_unknown_experiment_and_run_are_config_errors(tmp_path):
 @pytest.mark.slow
 def test_cpu_co_experiment_fgsm_rs_overfits_and_zerograd_does_not(tmp_path, shared_data):
     """The shipped `cpu-co` experiment, one seed (two runs of ~4 min on one idle thread): FGSM-RS
-    with alpha=2 catastrophically overfits and ZeroGrad at its defaults does not."""
-    report = reproduce("cpu-co", tmp_path, seeds=[0], only=["fgsm_rs-a2", "zerograd"],
+    with alpha=2 catastrophically overfits and ZeroGrad with q=0.65 does not."""
+    report = reproduce("cpu-co", tmp_path, seeds=[0], only=["fgsm_rs-a2", "zerograd-q0.65"],
                        data_dir=str(shared_data), quiet=True)
     assert co_epoch(read_run(tmp_path / "fgsm_rs-a2-s0")) is not None
-    assert co_epoch(read_run(tmp_path / "zerograd-s0")) is None
+    assert co_epoch(read_run(tmp_path / "zerograd-q0.65-s0")) is None
     assert "| fgsm_rs alpha=2 | 1 | 1/1 |" in report.read_text()

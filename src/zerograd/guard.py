@@ -4,7 +4,8 @@ and Appendix B.2), as a training-loop callback.
 CO shows as validation PGD accuracy collapsing relative to its best while FGSM accuracy
 holds (the model has learnt to mask its gradient, not to resist). The guard watches both at
 each epoch's end and, if asked, every `every` steps on the first `check_n` validation
-images. On CO it reloads the last epoch checkpoint before the collapse and raises ZeroGrad's
+images. On CO it reloads the checkpoint of the best validation PGD accuracy (or of the last
+epoch not flagged) and raises ZeroGrad's
 q by `q_step` (0.25 -> 0.35 -> 0.45, as in the paper); a method without q stops (keeping
 the best checkpoint) or continues with a smaller alpha. At most `max_rollbacks` rollbacks.
 """
@@ -19,6 +20,7 @@ from .perturb import method_params
 
 ACTIONS = ("rollback", "stop", "log")
 NO_Q_ACTIONS = ("stop", "lower_alpha")
+ROLLBACK_TO = ("best", "healthy")
 
 
 @dataclass
@@ -32,6 +34,7 @@ class GuardOptions:
     every: int = 0  # also check every k steps on `check_n` validation images (0: epochs only)
     check_n: int = 256
     action: str = "rollback"  # rollback | stop | log
+    rollback_to: str = "best"  # best: the epoch of the best val PGD accuracy; healthy: the last unflagged
     q_step: float = 0.1  # how much a rollback raises q
     q_max: float = 0.9  # a q above this stops the run instead
     no_q: str = "stop"  # for methods without q: stop | lower_alpha
@@ -55,6 +58,8 @@ class GuardOptions:
             raise bad("check_n", ">= 1")
         if self.action not in ACTIONS:
             raise bad("action", f"one of {', '.join(ACTIONS)}")
+        if self.rollback_to not in ROLLBACK_TO:
+            raise bad("rollback_to", f"one of {', '.join(ROLLBACK_TO)}")
         if self.no_q not in NO_Q_ACTIONS:
             raise bad("no_q", f"one of {', '.join(NO_Q_ACTIONS)}")
         if not 0 < self.q_step < 1:
@@ -106,16 +111,19 @@ class Guard:
         self.opt = options or GuardOptions()
         args = (self.opt.drop, self.opt.fgsm_hold, self.opt.min_best)
         self.detectors = {"epoch": Detector(*args), "step": Detector(*args)}
-        self.healthy_epoch = 0  # the last epoch whose check passed: where a rollback returns
+        self.healthy_epoch = 0  # the last epoch whose check passed
+        self.best_epoch = 0  # the epoch of the best validation PGD accuracy
         self.events = 0
 
     def state_dict(self) -> dict:
-        return {"options": asdict(self.opt), "healthy_epoch": self.healthy_epoch, "events": self.events,
+        return {"options": asdict(self.opt), "healthy_epoch": self.healthy_epoch, "best_epoch": self.best_epoch,
+                "events": self.events,
                 "detectors": {k: d.state_dict() for k, d in self.detectors.items()}}
 
     def load_state_dict(self, d: dict) -> None:
         self.opt = GuardOptions(**d["options"])
         self.healthy_epoch, self.events = int(d["healthy_epoch"]), int(d["events"])
+        self.best_epoch = int(d["best_epoch"])
         for k, det in self.detectors.items():
             det.load_state_dict(d["detectors"][k])
 
@@ -149,6 +157,8 @@ class Guard:
         if not det.update(pgd, None if self.opt.fgsm_hold == 0 else fgsm):
             if source == "epoch":
                 self.healthy_epoch = state.epoch
+                if det.best > best:
+                    self.best_epoch = state.epoch
             return None
         self.events += 1
         info = {"co/detected": 1, "co/source": source, "co/epoch": state.epoch, "co/step": state.step,
@@ -168,7 +178,8 @@ class Guard:
             return Stop(f"{what}; stopping", info)
         if state.rollbacks >= self.opt.max_rollbacks:
             return Stop(f"{what}; {state.rollbacks} rollbacks already (max_rollbacks): stopping", info)
-        if self.healthy_epoch > 0 and state.run_dir is None:
+        target = self.best_epoch if self.opt.rollback_to == "best" else self.healthy_epoch
+        if target > 0 and state.run_dir is None:
             return Stop(f"{what}; no run folder to roll back from: stopping", info)
         params = {**method_params(cfg.method), **cfg.method_args}
         if "q" in params:
@@ -181,5 +192,4 @@ class Guard:
         else:
             return Stop(f"{what}; method {cfg.method!r} has no q: stopping", info)
         setting = ", ".join(f"{k}={v:g}" for k, v in change.items())
-        return Rollback(self.healthy_epoch, change, f"{what}; back to epoch {self.healthy_epoch} with {setting}",
-                        info)
+        return Rollback(target, change, f"{what}; back to epoch {target} with {setting}", info)
