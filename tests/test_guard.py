@@ -187,10 +187,11 @@ def test_within_epoch_check_fires_at_its_step_and_rolls_back(tmp_path, monkeypat
     assert events[0]["to_epoch"] == 1 and events[-1]["event"] == "stop"
 
 
-@pytest.mark.parametrize("to, expected", [("best", 1), ("healthy", 2)])
-def test_rollback_target_is_the_best_or_the_last_healthy_epoch(tmp_path, to, expected):
+@pytest.mark.parametrize("to, margin, expected", [("best", 0, 1), ("healthy", 0, 2), ("healthy", 1, 1)])
+def test_rollback_target_is_the_best_or_the_last_healthy_epoch(tmp_path, to, margin, expected):
     # best PGD at epoch 1, epoch 2 lower but not collapsed, epoch 3 collapsed
-    run = run_with_scripted_co(tmp_path, ["epochs=3", f"guard.rollback_to={to}", "guard.max_rollbacks=1"],
+    run = run_with_scripted_co(tmp_path, ["epochs=3", f"guard.rollback_to={to}", f"guard.margin={margin}",
+                                          "guard.max_rollbacks=1"],
                                [(0.4, 0.5), (0.3, 0.5), (0.05, 0.9), (0.4, 0.5), (0.4, 0.5)])
     events = [m for m in run.history if m.get("event") == "rollback"]
     assert [e["to_epoch"] for e in events] == [expected]

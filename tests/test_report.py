@@ -76,6 +76,8 @@ def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
 def test_setting_label_names_non_default_hyperparameters():
     assert setting_label({"method": "zerograd", "method_args": {"q": 0.35, "alpha": 2.0}}) == "zerograd"
     assert setting_label({"method": "fgsm", "method_args": {}, "grad_align": 0.2}) == "fgsm + GradAlign 0.2"
+    assert setting_label({"method": "zerograd", "guard": {"enabled": True, "q_step": 0.15, "drop": 0.5}}) \
+        == "zerograd + guard (q_step=0.15)"
 
 
 def test_report_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):

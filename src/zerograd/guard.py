@@ -35,6 +35,7 @@ class GuardOptions:
     check_n: int = 256
     action: str = "rollback"  # rollback | stop | log
     rollback_to: str = "best"  # best: the epoch of the best val PGD accuracy; healthy: the last unflagged
+    margin: int = 0  # go back this many epochs further (the weights may be damaged before PGD shows it)
     q_step: float = 0.1  # how much a rollback raises q
     q_max: float = 0.9  # a q above this stops the run instead
     no_q: str = "stop"  # for methods without q: stop | lower_alpha
@@ -51,7 +52,7 @@ class GuardOptions:
             raise bad("fgsm_hold", "in [0, 1] (0 ignores FGSM accuracy)")
         if not 0 <= self.min_best < 1:
             raise bad("min_best", "in [0, 1)")
-        for name in ("every", "max_rollbacks"):
+        for name in ("every", "max_rollbacks", "margin"):
             if getattr(self, name) < 0:
                 raise bad(name, ">= 0")
         if self.check_n < 1:
@@ -179,6 +180,7 @@ class Guard:
         if state.rollbacks >= self.opt.max_rollbacks:
             return Stop(f"{what}; {state.rollbacks} rollbacks already (max_rollbacks): stopping", info)
         target = self.best_epoch if self.opt.rollback_to == "best" else self.healthy_epoch
+        target = max(target - self.opt.margin, 0)
         if target > 0 and state.run_dir is None:
             return Stop(f"{what}; no run folder to roll back from: stopping", info)
         params = {**method_params(cfg.method), **cfg.method_args}

@@ -102,6 +102,12 @@ def setting_label(config: dict) -> str:
     label = method + (" " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(args.items())) if args else "")
     if config.get("grad_align"):
         label += f" + GradAlign {_fmt(config['grad_align'])}"
+    guard = config.get("guard") or {}
+    if guard.get("enabled"):
+        defaults = GuardOptions().__dict__
+        changed = {k: v for k, v in guard.items() if k != "enabled" and defaults.get(k) != v}
+        label += " + guard" + (f" ({' '.join(f'{k}={_fmt(v)}' for k, v in sorted(changed.items()))})"
+                               if changed else "")
     return label
 
 
@@ -273,13 +279,13 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = list(dict.fromkeys(setting_label(r.config) for r in runs))
-    colours = plt.get_cmap("tab10")
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    colours = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in runs:
         label = setting_label(r.config)
         xs, ys = _series(r.epochs, "val/pgd_acc")
         i = labels.index(label)
-        ax.plot(xs, ys, color=colours(i % 10), alpha=0.8, label=label if r is next(
+        ax.plot(xs, ys, color=colours(i % 20), alpha=0.8, label=label if r is next(
             q for q in runs if setting_label(q.config) == label) else None)
     from matplotlib.ticker import MaxNLocator
 
@@ -287,9 +293,9 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
     ax.set_xlabel("epoch trained")
     ax.set_ylabel("validation PGD accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
 
 
