@@ -118,6 +118,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"zerograd: error: {message} (see zerograd {command}--help)\n")
 
 
+def _report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir)
+    print(f"report: {path}", file=sys.stderr)
+    return 0
+
+
+def _reproduce(args) -> int:
+    from .reproduce import reproduce
+
+    reproduce(args.name, args.out, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
+              data_dir=args.data_dir, quiet=args.quiet)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zerograd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -181,6 +197,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("report", help="report.md and plots from run folders (CO events, diagnostics, tables)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
+    p.add_argument("--out", help="report folder (default: the run folder, if only one)")
+    p.add_argument("--gradient-images", type=int, default=4,
+                   help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
+    p.add_argument("name", help="experiment name (e.g. cpu-co)")
+    p.add_argument("--out", help="folder of the runs and the report (default runs/NAME)")
+    p.add_argument("--seeds", type=int, nargs="*", help="override the experiment's seeds")
+    p.add_argument("--only", nargs="*", help="run only these settings (by name)")
+    p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_reproduce)
     return parser
 
 

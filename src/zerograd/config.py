@@ -60,6 +60,8 @@ class Config:
     nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
     nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
     nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
+    diagnostics: dict = field(default_factory=dict)  # CO diagnostics (diagnostics.DiagnosticsOptions)
+    guard: dict = field(default_factory=dict)  # CO detection and rolling back (guard.GuardOptions)
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -67,7 +69,7 @@ class Config:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-NESTED = ("method_args", "model_args", "schedule_args")
+NESTED = ("method_args", "model_args", "schedule_args", "diagnostics", "guard")
 OWNED = {"method": "method_args", "model": "model_args", "schedule": "schedule_args"}
 
 
@@ -331,11 +333,32 @@ def validate(cfg: Config) -> Config:
     cfg = dataclasses.replace(cfg, **nested)
     check_method_args(cfg.method, cfg.method_args)
     check_model_args(cfg.model, cfg.model_args)
+    cfg = check_options(cfg)
     for key in ("peak", "drop"):
         if key in cfg.schedule_args:
             v = cfg.schedule_args[key]
             _require(0 < v <= 1, f"schedule_args.{key}={v} is invalid: must be in (0, 1] (a fraction of training)")
     return cfg
+
+
+def check_options(cfg: Config) -> Config:
+    """Type-check the `diagnostics` and `guard` sections against their options dataclasses
+    (unknown keys refused with did-you-mean), then let each check its ranges against cfg."""
+    from .diagnostics import DiagnosticsOptions
+    from .guard import GuardOptions
+
+    sections = {}
+    for section, options in (("diagnostics", DiagnosticsOptions), ("guard", GuardOptions)):
+        allowed = {f.name: f.type for f in dataclasses.fields(options)}
+        values = {}
+        for key, value in getattr(cfg, section).items():
+            if key not in allowed:
+                raise ConfigError(f"unknown key {section}.{key}{did_you_mean(key, allowed)}; "
+                                  f"valid: {', '.join(allowed)}")
+            values[key] = coerce(value, allowed[key], f"{section}.{key}")
+        options(**values).check(cfg)
+        sections[section] = values
+    return dataclasses.replace(cfg, **sections)
 
 
 def to_yaml(cfg: Config, extra: dict | None = None) -> str:

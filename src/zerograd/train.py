@@ -20,6 +20,7 @@ from . import __version__
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from .config import Config, to_yaml, validate
 from .data import Data, batches, check_available, load_data, to_float
+from .diagnostics import callbacks_for
 from .distributed import Parallel, check_resume, setup
 from .errors import ConfigError
 from .evaluate import evaluate, robust_flags
@@ -49,6 +50,7 @@ class Stop:
     """A callback asks the loop to stop after this step or epoch."""
 
     reason: str
+    info: dict = field(default_factory=dict)  # extra fields for the logged event
 
 
 @dataclass
@@ -59,6 +61,7 @@ class Rollback:
     epoch: int
     method_args: dict = field(default_factory=dict)
     reason: str = ""
+    info: dict = field(default_factory=dict)  # extra fields for the logged event
 
 
 @dataclass
@@ -232,6 +235,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
+    callbacks = (*callbacks_for(cfg), *callbacks)
     par = setup(cfg)  # torchrun's process group, or a single process
     device = par.device
     amp_dtype(cfg.amp, cfg.amp_dtype, device)  # fp16 without CUDA fails here, before any work
@@ -296,7 +300,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
         """Carry out a callback's action; returns 'stop', 'rolled_back' or None."""
         nonlocal best
         if isinstance(action, Stop):
-            emit({"event": "stop", "epoch": state.epoch, "step": state.step, "reason": action.reason})
+            emit({"event": "stop", "epoch": state.epoch, "step": state.step, "reason": action.reason,
+                  **action.info})
             return "stop"
         if isinstance(action, Rollback):
             par.barrier()  # rank 0 has written the checkpoint the others read
@@ -306,7 +311,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             state.attack = bind_method(state.cfg, par)
             state.rollbacks += 1
             emit({"event": "rollback", "epoch": state.epoch, "step": state.step, "to_epoch": action.epoch,
-                  "method_args": dict(state.cfg.method_args), "reason": action.reason})
+                  "method_args": dict(state.cfg.method_args), "reason": action.reason, **action.info})
             save_resume_point()
             return "rolled_back"
         return None
@@ -345,6 +350,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             epoch += 1
             state.epoch = epoch
             model.train()
+            for cb in callbacks:
+                getattr(cb, "on_epoch_start", None) and cb.on_epoch_start(state)
             t0 = time.perf_counter()
             loss_sum = correct_sum = seen = 0.0
             outcome = None

@@ -1,0 +1,415 @@
+"""`zerograd report`: report.md and PNG plots rebuilt from run folders only (config.yaml,
+metrics.jsonl, eval.json, evals/*.json, checkpoints/).
+
+Per run: validation clean / FGSM / PGD accuracy per epoch with catastrophic-overfitting (CO)
+events and rollbacks marked, and the diagnostics (weight-update size, perturbation change,
+sign disagreement, gradient alignment) next to PGD accuracy, in the shape of the paper's
+Figs. 1-2. Over runs: a table grouped by setting with mean +- std over seeds (the paper's
+Table 1), every evaluation file, and the input-gradient figure of Fig. 3.
+"""
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import ConfigError
+from .guard import Detector, GuardOptions
+from .perturb import method_params
+from .runlog import read_metrics
+
+# Config keys that do not change what a run measures; runs differing only in these are seeds
+# of one setting.
+NOT_SETTING = ("seed", "data_dir", "device", "description", "tensorboard", "environment")
+
+
+@dataclass
+class RunRecord:
+    """What a run folder holds, read as data (YAML safe_load, JSON)."""
+
+    path: Path
+    config: dict
+    records: list[dict]
+    evals: list[tuple[str, dict]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def epochs(self) -> list[dict]:
+        return [r for r in self.records if "train/loss" in r]
+
+    @property
+    def events(self) -> list[dict]:
+        return [r for r in self.records if "event" in r or "co/detected" in r]
+
+
+def read_run(path: str | Path) -> RunRecord:
+    """A run folder as data; ConfigError if it is not one."""
+    path = Path(path)
+    if not path.is_dir() or not ((path / "metrics.jsonl").is_file() or (path / "config.yaml").is_file()):
+        raise ConfigError(f"{str(path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
+    config = {}
+    if (path / "config.yaml").is_file():
+        try:
+            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+        except yaml.YAMLError:
+            raise ConfigError(f"{str(path / 'config.yaml')!r} is not valid YAML") from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"{str(path / 'config.yaml')!r} is not a mapping")
+    evals = []
+    for f in [path / "eval.json", *sorted((path / "evals").glob("*.json"))]:
+        if f.is_file():
+            try:
+                obj = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if isinstance(obj, dict) and "robust_acc" in obj:
+                evals.append((str(f.relative_to(path)), obj))
+    return RunRecord(path, config, read_metrics(path), evals)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
+    """The first epoch the CO detector flags in a run's validation accuracies (whether or not
+    the run had the guard on), or the epoch of a logged CO event; None if neither."""
+    for e in run.events:
+        if e.get("co/detected"):
+            return int(e.get("co/epoch", e.get("epoch", 0)))
+    opt = options or GuardOptions()
+    det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
+    for r in run.epochs:
+        if "val/pgd_acc" in r and det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")):
+            return int(r["epoch"])
+    return None
+
+
+def setting_label(config: dict) -> str:
+    """A short name for a run's setting: method, its non-default hyperparameters, GradAlign."""
+    method = config.get("method", "?")
+    try:
+        defaults = method_params(method)
+    except ConfigError:
+        defaults = {}
+    args = {k: v for k, v in (config.get("method_args") or {}).items() if defaults.get(k) != v}
+    label = method + (" " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(args.items())) if args else "")
+    if config.get("grad_align"):
+        label += f" + GradAlign {_fmt(config['grad_align'])}"
+    guard = config.get("guard") or {}
+    if guard.get("enabled"):
+        defaults = GuardOptions().__dict__
+        changed = {k: v for k, v in guard.items() if k != "enabled" and defaults.get(k) != v}
+        label += " + guard" + (f" ({' '.join(f'{k}={_fmt(v)}' for k, v in sorted(changed.items()))})"
+                               if changed else "")
+    return label
+
+
+def setting_key(config: dict) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTING}, sort_keys=True,
+                      default=str)
+
+
+def _fmt(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def mean_std(values: list[float]) -> str:
+    """'mean +- std' in percent ('n/a' without values; no std for one value)."""
+    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{100 * vals[0]:.2f}"
+    return f"{100 * statistics.mean(vals):.2f} ± {100 * statistics.stdev(vals):.2f}"
+
+
+def final_eval(run: RunRecord) -> dict | None:
+    return next((e for name, e in run.evals if name == "eval.json"), None)
+
+
+def comparison_table(runs: list[RunRecord]) -> list[str]:
+    """Markdown rows: one per setting, mean +- std over its runs of the final test accuracy."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in runs:
+        groups.setdefault(setting_key(r.config), []).append(r)
+    lines = ["| setting | seeds | CO (runs) | CO epochs | rollbacks | clean % | robust % | attack | s/epoch |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for members in groups.values():
+        evals = [final_eval(r) for r in members]
+        attacks = {_attack_name(e) for e in evals if e}
+        cos = [co_epoch(r) for r in members]
+        times = [x["time/epoch_s"] for r in members for x in r.epochs if "time/epoch_s" in x]
+        rollbacks = sum(1 for r in members for e in r.events if e.get("event") == "rollback")
+        seconds = f"{statistics.mean(times):.1f}" if times else "-"
+        lines.append(
+            f"| {setting_label(members[0].config)} | {len(members)} | "
+            f"{sum(c is not None for c in cos)}/{len(members)} | "
+            f"{', '.join(str(c) for c in cos if c is not None) or '-'} | {rollbacks} | "
+            f"{mean_std([e['clean_acc'] for e in evals if e])} | "
+            f"{mean_std([e['robust_acc'] for e in evals if e])} | {', '.join(sorted(attacks)) or '-'} | "
+            f"{seconds} |")
+    return lines
+
+
+def _attack_name(e: dict) -> str:
+    a = e.get("attack") or {}
+    if not isinstance(a, dict):
+        return str(a)
+    if a.get("name") == "pgd":
+        return f"PGD-{a.get('steps')}-{a.get('restarts')}, n={e.get('n')}"
+    return f"{a.get('name', '?')}{'-' + str(a['version']) if a.get('version') else ''}, n={e.get('n')}"
+
+
+def evaluation_rows(runs: list[RunRecord]) -> list[str]:
+    lines = ["| run | file | checkpoint | attack | n | clean % | robust % |", "|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for name, e in r.evals:
+            a = e.get("attack")
+            attack = json.dumps(a, sort_keys=True) if isinstance(a, dict) else str(a)
+            lines.append(f"| {r.name} | {name} | {Path(str(e.get('checkpoint', '-'))).name} | `{attack}` | "
+                         f"{e.get('n', '-')} | {_pct(e.get('clean_acc'))} | {_pct(e.get('robust_acc'))} |")
+    return lines
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
+    """(x, y) of `key` over epoch records, x = epoch; after a rollback the x values repeat,
+    so x is the position in training: the k-th epoch record trained is at x = k."""
+    xs, ys = [], []
+    for i, r in enumerate(records, 1):
+        v = r.get(key)
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            xs.append(i)
+            ys.append(v)
+    return xs, ys
+
+
+def _mark_events(ax, run: RunRecord) -> None:
+    """Dashed red line at each CO detection, green at each rollback, on the trained-epoch axis."""
+    trained = 0
+    for r in run.records:
+        if "train/loss" in r:
+            trained += 1
+        if r.get("co/detected") or r.get("event") in ("rollback", "stop"):
+            x = trained + (0.5 if r.get("co/source") == "step" else 0)
+            if r.get("co/detected"):
+                ax.axvline(x, color="red", ls="--", lw=1)
+            if r.get("event") == "rollback":
+                args = ", ".join(f"{k}={_fmt(v)}" for k, v in (r.get("method_args") or {}).items())
+                ax.axvline(x + 0.1, color="green", lw=1.5)
+                ax.text(x + 0.15, 0.97, f"rollback → {r.get('to_epoch')}\n{args}", color="green",
+                        fontsize=7, va="top", transform=ax.get_xaxis_transform())
+            if r.get("event") == "stop":
+                ax.text(x, 0.5, "stop", color="red", fontsize=7, transform=ax.get_xaxis_transform())
+    co = co_epoch(run)
+    if co is not None and not any(e.get("co/detected") for e in run.events):
+        idx = next(i for i, r in enumerate(run.epochs, 1) if r["epoch"] == co)
+        ax.axvline(idx, color="red", ls=":", lw=1)
+
+
+def plot_run(run: RunRecord, path: Path) -> None:
+    """One PNG per run: accuracy panel, then one panel per diagnostic the run logged, each
+    with validation PGD accuracy on a second axis (red) as in the paper's Figs. 1-2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ep = run.epochs
+    panels = [("accuracy (validation)", [("val/clean_acc", "clean"), ("val/fgsm_acc", "FGSM"),
+                                         ("val/pgd_acc", "PGD")], False)]
+    candidates = [
+        ("weight-update size (MSE per epoch)", [("diag/weight_mse", "all weights")], True),
+        ("perturbation change on the probe batch (MSE, 1/255²)",
+         [("diag/delta_mse", "this run's method"), ("diag/delta_mse/fgsm_rs", "FGSM-RS"),
+          ("diag/delta_mse/zeroed", "FGSM-RS, small grads zeroed")], True),
+        ("sign disagreement with PGD-10", [("diag/sign_disagree", "fraction of entries")], False),
+        ("input-gradient alignment (cosine)", [("diag/grad_cosine", "x vs random point")], False),
+        ("training perturbation ℓ1 (×255, mean per image)", [("diag/delta_l1", "ℓ1")], False),
+    ]
+    panels += [p for p in candidates if any(_series(ep, k)[0] for k, _ in p[1])]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)
+    for ax, (title, keys, log) in zip(axes[:, 0], panels):
+        for key, label in keys:
+            xs, ys = _series(ep, key)
+            if xs:
+                ax.plot(xs, ys, marker="o", ms=3, label=label)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+        ax.grid(alpha=0.3)
+        if title.startswith("accuracy"):
+            ax.set_ylim(0, 1)
+        else:
+            twin = ax.twinx()
+            xs, ys = _series(ep, "val/pgd_acc")
+            twin.plot(xs, ys, color="red", alpha=0.5, lw=1)
+            twin.set_ylabel("val PGD acc", color="red", fontsize=7)
+            twin.tick_params(axis="y", labelsize=7, colors="red")
+        _mark_events(ax, run)
+    from matplotlib.ticker import MaxNLocator
+
+    axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[-1, 0].set_xlabel("epoch trained (rolled-back epochs count again)")
+    fig.suptitle(f"{run.name}: {setting_label(run.config)}, seed {run.config.get('seed', '?')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def plot_overview(runs: list[RunRecord], path: Path) -> None:
+    """Validation PGD accuracy per epoch of every run, one colour per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(setting_label(r.config) for r in runs))
+    colours = plt.get_cmap("tab20")
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    for r in runs:
+        label = setting_label(r.config)
+        xs, ys = _series(r.epochs, "val/pgd_acc")
+        i = labels.index(label)
+        ax.plot(xs, ys, color=colours(i % 20), alpha=0.8, label=label if r is next(
+            q for q in runs if setting_label(q.config) == label) else None)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch trained")
+    ax.set_ylabel("validation PGD accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- Fig. 3
+
+
+def gradient_figure(run_path: Path, path: Path, n: int = 4, data_dir=None) -> None:
+    """Fig. 3 of the paper for the first n test images: the image, its input gradient and
+    the gradient masked to the entries where MultiGrad's 3 random starts agree in sign."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    from .data import load_data
+    from .evaluate import load_model
+    from .perturb import input_grad, multigrad
+
+    model, cfg, _ = load_model(run_path, "last", data_dir=data_dir)
+    model.eval()
+    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=0, test_subset=n, seed=cfg.seed)
+    x = data.test.x.float() / 255
+    y = data.test.y
+    torch.manual_seed(0)
+    g = input_grad(model, x, y, torch.zeros_like(x))
+    agree = multigrad(model, x, y, eps=cfg.eps, n=3) != 0
+    masked = g * agree
+    fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.4), squeeze=False)
+    for j in range(n):
+        for i, (img, title) in enumerate([(x[j], "input"), (_visible(g[j]), "∇x loss"),
+                                          (_visible(masked[j]), "MultiGrad-masked")]):
+            ax = axes[i, j]
+            ax.imshow(img.permute(1, 2, 0).squeeze(-1).detach().cpu().numpy(),
+                      cmap="gray" if img.shape[0] == 1 else None)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(title, fontsize=8)
+    fig.suptitle(f"{run_path.name}: {cfg.method}, eps={cfg.eps * 255:.0f}/255", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _visible(g):
+    """A gradient as an image: scaled by 3 standard deviations into [0, 1], grey = 0."""
+    s = g.std().clamp_min(1e-12) * 3
+    return (0.5 + 0.5 * (g / s)).clamp(0, 1)
+
+
+# --------------------------------------------------------------------------- report.md
+
+
+def build_report(paths: list[str | Path], out: str | Path | None = None, *,
+                 gradient_images: int = 4, data_dir=None) -> Path:
+    """Write `out`/report.md and `out`/plots/*.png for the given run folders; returns the
+    report's path. Every folder is read before anything is written."""
+    if not paths:
+        raise ConfigError("report needs at least one run folder")
+    runs = [read_run(p) for p in paths]
+    if out is None:
+        if len(runs) > 1:
+            raise ConfigError("several runs need --out DIR for the report")
+        out = runs[0].path
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
+    if gradient_images < 0:
+        raise ConfigError(f"--gradient-images={gradient_images} is invalid: must be >= 0")
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    names = _unique_names(runs)
+
+    lines = ["# zerograd report", "", f"Runs: {', '.join(f'`{r.path}`' for r in runs)}", "",
+             "## Comparison over seeds", "",
+             ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting). "
+             "CO: runs where the catastrophic-overfitting detector (validation PGD accuracy below half its "
+             "best while FGSM accuracy holds) fired, logged by the guard or found afterwards in "
+             "`metrics.jsonl`."), ""]
+    lines += comparison_table(runs)
+    if len(runs) > 1:
+        plot_overview(runs, plots / "overview.png")
+        lines += ["", "![validation PGD accuracy of every run](plots/overview.png)"]
+    lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
+    lines += ["", "## Runs", ""]
+    for r, name in zip(runs, names):
+        ep = r.epochs
+        plot_run(r, plots / f"{name}.png")
+        co = co_epoch(r)
+        last = ep[-1] if ep else {}
+        lines += [f"### {name}", "", (f"`{r.path}` · {setting_label(r.config)} · seed {r.config.get('seed', '?')} · "
+                  f"{len(ep)} epochs trained · CO: {'epoch ' + str(co) if co is not None else 'none'} · "
+                  f"last val clean / FGSM / PGD: {_pct(last.get('val/clean_acc'))} / "
+                  f"{_pct(last.get('val/fgsm_acc'))} / {_pct(last.get('val/pgd_acc'))} %"), ""]
+        for e in r.events:
+            lines.append(f"- {e.get('event', 'co')} at epoch {e.get('co/epoch', e.get('epoch'))} step "
+                         f"{e.get('co/step', e.get('step'))}: {e.get('reason', '')}")
+        lines += ["", f"![{name}](plots/{name}.png)", ""]
+        if gradient_images and (r.path / "checkpoints" / "last.pt").is_file():
+            try:
+                gradient_figure(r.path, plots / f"{name}-gradients.png", gradient_images, data_dir)
+                lines += [f"![input gradients of {name}](plots/{name}-gradients.png)", ""]
+            except ConfigError as e:
+                lines += [f"(no gradient figure: {e})", ""]
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report
+
+
+def _unique_names(runs: list[RunRecord]) -> list[str]:
+    names, seen = [], {}
+    for r in runs:
+        n = r.name
+        seen[n] = seen.get(n, 0) + 1
+        names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+    return names

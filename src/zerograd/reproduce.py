@@ -1,0 +1,107 @@
+"""`zerograd reproduce NAME`: train every run of a named experiment, then `zerograd report`.
+
+An experiment is a YAML file in `experiments/` (or a path): `base` config keys shared by all
+runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`).
+Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept, so an
+interrupted reproduction continues where it stopped. Every config is validated before the
+first run starts.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import yaml
+
+from .config import Config, apply, validate
+from .errors import ConfigError
+from .registry import did_you_mean
+
+EXPERIMENT_DIR = Path(__file__).parent / "experiments"
+
+
+def experiment_names() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def read_experiment(name: str) -> dict:
+    path = Path(name)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = EXPERIMENT_DIR / f"{name}.yaml"
+        if not path.is_file():
+            names = experiment_names()
+            raise ConfigError(f"unknown experiment {name!r}{did_you_mean(name, names)}; valid: {', '.join(names)}")
+    try:
+        spec = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"experiment {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict) or not spec["runs"]:
+        raise ConfigError(f"experiment {str(path)!r} needs a non-empty 'runs' mapping")
+    return spec
+
+
+def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = None,
+         data_dir: str | None = None) -> list[tuple[str, Config]]:
+    """[(folder name, validated Config)] of an experiment, in order."""
+    spec = read_experiment(name)
+    runs = spec["runs"]
+    for r in only or ():
+        if r not in runs:
+            raise ConfigError(f"--only {r!r} is not a run of {name!r}{did_you_mean(r, runs)}; "
+                              f"valid: {', '.join(runs)}")
+    base = apply(Config(), spec.get("base") or {}, source=f"experiment {name!r}")
+    if data_dir is not None:
+        base = apply(base, {"data_dir": str(data_dir)})
+    out = []
+    for run, keys in runs.items():
+        if only and run not in only:
+            continue
+        keys = dict(keys or {})
+        run_seeds = keys.pop("seeds", spec.get("seeds", [0]))
+        cfg = apply(base, keys, source=f"experiment {name!r}, run {run!r}")
+        for seed in (seeds if seeds is not None else run_seeds):
+            out.append((f"{run}-s{seed}", validate(apply(cfg, {"seed": seed}))))
+    return out
+
+
+def command_line(cfg: Config, out: Path) -> str:
+    """The `zerograd train` command equivalent to cfg (only keys that differ from defaults)."""
+    default = Config().to_dict()
+    parts = []
+    for key, value in cfg.to_dict().items():
+        if isinstance(value, dict):
+            parts += [f"--set {key}.{k}={_yaml(v)}" for k, v in value.items()
+                      if default[key].get(k, object()) != v]
+        elif value != default[key]:
+            parts.append(f"--set {key}={_yaml(value)}")
+    return f"zerograd train {' '.join(parts)} --out {out}"
+
+
+def _yaml(v) -> str:
+    if isinstance(v, dict):  # e.g. guard: {...} given whole
+        return "'" + yaml.safe_dump(v, default_flow_style=True).strip() + "'"
+    return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
+
+
+def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | None = None,
+              only: list[str] | None = None, dry_run: bool = False, data_dir: str | None = None,
+              quiet: bool = False) -> Path | None:
+    """Train the experiment's runs that are not done yet, then write OUT/report.md."""
+    from .report import build_report
+    from .train import train
+
+    runs = plan(name, seeds=seeds, only=only, data_dir=data_dir)
+    out = Path(out) if out is not None else Path("runs") / Path(name).stem
+    if dry_run:
+        for folder, cfg in runs:
+            print(command_line(cfg, out / folder))
+        print(f"zerograd report {' '.join(str(out / f) for f, _ in runs)} --out {out}")
+        return None
+    for i, (folder, cfg) in enumerate(runs, 1):
+        run_dir = out / folder
+        if (run_dir / "eval.json").is_file():
+            continue
+        if not quiet:
+            print(f"[{i}/{len(runs)}] {folder}", file=sys.stderr, flush=True)
+        train(cfg, run_dir, quiet=True, force=True)
+    return build_report([out / f for f, _ in runs], out)

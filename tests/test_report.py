@@ -1,0 +1,144 @@
+"""`zerograd report` and `zerograd reproduce`: the report is rebuilt from run folders only
+(synthetic ones here, with a known collapse), groups seeds of a setting with the right mean
+and std, counts CO runs, lists every evaluation file, writes real PNGs; bad input is a
+one-line error before anything is written; a reproduction trains, reports, and on a second
+call keeps the runs already done."""
+import json
+
+import pytest
+import yaml
+
+from zerograd import ConfigError
+from zerograd.cli import main
+from zerograd.report import build_report, co_epoch, read_run, setting_label
+from zerograd.reproduce import command_line, plan, reproduce
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def make_run(folder, *, seed, pgd, fgsm, robust, method="fgsm_rs", args=None, extra_events=()):
+    folder.mkdir(parents=True)
+    cfg = {"method": method, "method_args": args or {"alpha": 2.0}, "seed": seed, "eps": 8 / 255,
+           "dataset": "cifar10", "model": "small_cnn", "environment": {"torch_version": "x"}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = []
+    for i, (p, f) in enumerate(zip(pgd, fgsm), 1):
+        lines.append({"epoch": i, "step": 10 * i, "train/loss": 1.0, "time/epoch_s": 2.0, "val/clean_acc": 0.5,
+                      "val/pgd_acc": p, "val/fgsm_acc": f, "diag/weight_mse": 1e-4 * i,
+                      "diag/delta_mse": 10.0 * i, "diag/sign_disagree": 0.2})
+    lines += list(extra_events)
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
+    ev = {"clean_acc": 0.5, "robust_acc": robust, "n": 100, "checkpoint": "last",
+          "attack": {"name": "pgd", "steps": 50, "restarts": 10, "eps": 8 / 255, "alpha": 0.25}}
+    (folder / "eval.json").write_text(json.dumps(ev))
+    return folder
+
+
+@pytest.fixture
+def runs(tmp_path):
+    collapse = ([0.2, 0.3, 0.02], [0.3, 0.4, 0.9])
+    healthy = ([0.2, 0.3, 0.32], [0.3, 0.4, 0.42])
+    a = make_run(tmp_path / "rs-s0", seed=0, pgd=collapse[0], fgsm=collapse[1], robust=0.0)
+    b = make_run(tmp_path / "rs-s1", seed=1, pgd=healthy[0], fgsm=healthy[1], robust=0.2)
+    c = make_run(tmp_path / "zg-s0", seed=0, pgd=healthy[0], fgsm=healthy[1], robust=0.3, method="zerograd",
+                 args={"q": 0.25}, extra_events=[{"event": "rollback", "epoch": 1, "step": 10, "to_epoch": 1,
+                                                  "method_args": {"q": 0.35}, "reason": "test", "co/detected": 1,
+                                                  "co/epoch": 2, "co/step": 20}])
+    (c / "evals").mkdir()
+    (c / "evals" / "aa.json").write_text(json.dumps({"clean_acc": 0.5, "robust_acc": 0.25, "n": 50,
+                                                     "checkpoint": "best", "attack": {"name": "autoattack",
+                                                                                      "version": "standard"}}))
+    return [a, b, c]
+
+
+def test_co_epoch_from_metrics_and_from_logged_events(runs):
+    assert co_epoch(read_run(runs[0])) == 3
+    assert co_epoch(read_run(runs[1])) is None
+    assert co_epoch(read_run(runs[2])) == 2  # the guard's logged event
+
+
+def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
+    out = tmp_path / "rep"
+    path = build_report(runs, out, gradient_images=0)
+    text = path.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| fgsm_rs alpha=2 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3"
+    assert cells[6] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
+    zg = next(line for line in text.splitlines() if line.startswith("| zerograd q=0.25 |"))
+    assert "| 1/1 | 2 | 1 |" in zg and "30.00" in zg
+    assert "| zg-s0 | evals/aa.json | best |" in text and "autoattack" in text
+    for name in ("overview", "rs-s0", "rs-s1", "zg-s0"):
+        assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG
+        assert f"plots/{name}.png" in text
+
+
+def test_setting_label_names_non_default_hyperparameters():
+    assert setting_label({"method": "zerograd", "method_args": {"q": 0.35, "alpha": 2.0}}) == "zerograd"
+    assert setting_label({"method": "fgsm", "method_args": {}, "grad_align": 0.2}) == "fgsm + GradAlign 0.2"
+    assert setting_label({"method": "zerograd", "guard": {"enabled": True, "q_step": 0.15, "drop": 0.5}}) \
+        == "zerograd + guard (q_step=0.15)"
+
+
+def test_report_bad_input_is_one_line_and_writes_nothing(runs, tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "is not a zerograd run folder" in capsys.readouterr().err
+    assert main(["report", str(runs[0]), str(runs[1])]) == 2
+    assert "need --out" in capsys.readouterr().err
+    assert not (runs[0] / "report.md").exists() and not (runs[0] / "plots").exists()
+
+
+def write_experiment(tmp_path):
+    spec = {"base": {"dataset": "digits", "model": "small_cnn", "model_args": {"width": 4}, "epochs": 1,
+                     "batch_size": 64, "eps": 0.2, "val_size": 100, "test_n": 50, "test_restarts": 1,
+                     "test_pgd_steps": 3},
+            "seeds": [0, 1],
+            "runs": {"fgsm_rs": {"method": "fgsm_rs"},
+                     "zg": {"method": "zerograd", "method_args": {"q": 0.25}, "seeds": [3]}}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_reproduce_trains_reports_and_keeps_finished_runs(tmp_path, capsys):
+    exp = write_experiment(tmp_path)
+    names = [n for n, _ in plan(str(exp))]
+    assert names == ["fgsm_rs-s0", "fgsm_rs-s1", "zg-s3"]
+    out = tmp_path / "out"
+    report = reproduce(str(exp), out, quiet=True, only=["zg"])
+    assert (out / "zg-s3" / "eval.json").is_file() and report.read_text().count("| zerograd q=0.25 |") == 1
+    stamp = (out / "zg-s3" / "eval.json").stat().st_mtime_ns
+    reproduce(str(exp), out, quiet=True, only=["zg"])
+    assert (out / "zg-s3" / "eval.json").stat().st_mtime_ns == stamp
+    assert main(["reproduce", str(exp), "--dry-run", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("zerograd train ") and "--set method=fgsm_rs" in printed[0]
+    assert "--set seed=1" in printed[1] and printed[-1].startswith("zerograd report ")
+
+
+def test_command_line_round_trips_through_the_config_parser(tmp_path):
+    from zerograd.config import load_config
+
+    exp = write_experiment(tmp_path)
+    _, cfg = plan(str(exp))[2]
+    sets = command_line(cfg, tmp_path / "x").split("--set ")[1:]
+    again = load_config(None, [s.strip().split(" --out")[0] for s in sets])
+    assert again == cfg
+
+
+def test_unknown_experiment_and_run_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown experiment 'nope'"):
+        plan("nope")
+    with pytest.raises(ConfigError, match="--only 'zz' is not a run"):
+        plan(str(write_experiment(tmp_path)), only=["zz"])
+
+
+@pytest.mark.slow
+def test_cpu_co_experiment_fgsm_rs_overfits_and_zerograd_does_not(tmp_path, shared_data):
+    """The shipped `cpu-co` experiment, one seed (two runs of ~4 min on one idle thread): FGSM-RS
+    with alpha=2 catastrophically overfits and ZeroGrad with q=0.65 does not."""
+    report = reproduce("cpu-co", tmp_path, seeds=[0], only=["fgsm_rs-a2", "zerograd-q0.65"],
+                       data_dir=str(shared_data), quiet=True)
+    assert co_epoch(read_run(tmp_path / "fgsm_rs-a2-s0")) is not None
+    assert co_epoch(read_run(tmp_path / "zerograd-q0.65-s0")) is None
+    assert "| fgsm_rs alpha=2 | 1 | 1/1 |" in report.read_text()
