@@ -46,7 +46,9 @@ def test_imagenet_batch_threshold_matches_quantile_and_copies_the_batch_once():
     env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
     res = json.loads(subprocess.run([sys.executable, "-c", PEAK], env=env, check=True,
                                     capture_output=True, text=True).stdout)
-    # one group's abs, kthvalue's copy and int64 indices, masks (~24 B per entry) + allocator slack;
-    # measured 11-25 MB here, where a single pass over the whole batch holds ~236 MB more
+    # the output copy + one group's abs, kthvalue's copy, int64 indices and masks (~24 B per
+    # entry): measured 11-25 MB beyond the copy on a quiet machine, but up to ~47 MB under a
+    # loaded one (allocator arenas); a single pass over the whole batch holds ~236 MB more, so
+    # "less than two copies" still tells the two apart
     temporaries = 32 * THRESHOLD_BUDGET + 8 * 2**20
-    assert res["extra"] <= res["batch"] + temporaries, res
+    assert res["extra"] < max(2 * res["batch"], res["batch"] + temporaries), res
