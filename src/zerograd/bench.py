@@ -20,7 +20,8 @@ BENCH_METHODS: dict[str, tuple[str, dict, float]] = {
     "fgsm_rs": ("fgsm_rs", {}, 0.0),
     "fgsm": ("fgsm", {}, 0.0),
     "zerograd": ("zerograd", {}, 0.0),
-    "multigrad": ("multigrad", {"n": 3}, 0.0),
+    "multigrad": ("multigrad", {"n": 3}, 0.0),  # default chunking: one start per pass on a CPU
+    "multigrad_batched": ("multigrad", {"n": 3, "chunk": 3}, 0.0),  # all starts in one pass
     "multigrad_chunk": ("multigrad", {"n": 3, "chunk": 1}, 0.0),
     "n_fgsm": ("n_fgsm", {}, 0.0),
     "gradalign": ("fgsm", {}, 0.2),

@@ -167,8 +167,11 @@ def multigrad(
     sign where at least `agree` (default n) of them agree, zero elsewhere, and step from
     the clean point. alpha in units of eps (any alpha >= 1 gives the same delta).
 
-    The n gradients come from one batched pass over n*B inputs (`chunk` starts per pass
-    bounds memory); starts are drawn in order whatever the chunking, so it never changes them."""
+    `chunk` starts go through one batched pass (bounding memory). The default (None) is
+    where the hardware gains: all n in one pass of n*B inputs on an accelerator, one start per
+    pass on a CPU, where the larger batch is slower (`zerograd bench`: 2.26x vs 1.81x FGSM-RS).
+    Starts are drawn in order whatever the chunking, so it never changes them (with the model
+    in train mode, BatchNorm normalizes over the whole pass)."""
     votes = sign_votes(model, x, y, eps=eps, n=n, chunk=chunk)
     return sign_step(x, torch.zeros_like(x), agreed_direction(votes, n, agree), alpha * eps, eps)
 
@@ -179,7 +182,7 @@ def sign_votes(model, x: Tensor, y: Tensor, *, eps: float, n: int, chunk: int | 
     (#plus - #minus) per entry, exact in float32. All n starts are drawn, in order, so a
     rank computing only some of them (`mine`) sees the same starts as a single process."""
     votes = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    per_pass = n if chunk is None else chunk
+    per_pass = chunk if chunk is not None else (1 if x.device.type == "cpu" else n)
     pending: list[Tensor] = []
 
     def flush() -> None:
