@@ -1,15 +1,32 @@
 """Evaluation attacks on one batch: which samples stay correctly classified.
 
-The model must already be in eval mode (see `evaluate.eval_mode`). PGD reuses the
+The model must already be in eval mode (see `eval_mode`). PGD reuses the
 training implementation in `perturb`, with early stopping per sample and restarts that
 attack only the samples still robust, so each sample's worst case over restarts counts.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
 from .perturb import fgsm, pgd
+
+
+@contextmanager
+def eval_mode(model) -> Iterator[None]:
+    """Put every submodule in eval mode, then restore each one's own previous mode."""
+    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
+    before = [m.training for m in modules]
+    for m in modules:
+        m.training = False
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, before):
+            m.training = mode
 
 
 @torch.no_grad()

@@ -1,7 +1,6 @@
 """Accuracy under attack over a whole split, batch by batch, with per-sample flags."""
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 import time
@@ -9,20 +8,9 @@ from pathlib import Path
 
 import torch
 
-from .attacks import correct, fgsm_robust, pgd_robust
+from .attacks import correct, eval_mode, fgsm_robust, pgd_robust
 from .data import Split, batches, to_float
 from .errors import ConfigError
-
-
-@contextlib.contextmanager
-def eval_mode(model):
-    """Evaluation attacks run with the model in eval mode; the previous mode is restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def robust_flags(model, split: Split, attack: str, *, eps: float, batch_size: int = 256,

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
+from ..attacks import eval_mode  # noqa: F401 (re-exported for the attacks)
 from ..errors import ConfigError
 
 
@@ -37,20 +37,6 @@ def check_data(x, y) -> None:
     if not (0.0 <= lo and hi <= 1.0):  # also catches NaN
         raise ConfigError(f"x must have pixels in [0, 1] (models take unnormalised inputs), "
                           f"got values in [{lo:.4g}, {hi:.4g}]")
-
-
-@contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own previous mode."""
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    before = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, before):
-            m.training = mode
 
 
 def generator(seed: int, device: torch.device) -> torch.Generator:
