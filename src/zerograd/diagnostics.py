@@ -142,16 +142,17 @@ class PerturbationNorms:
     """Mean per-sample l1, l2, l_inf (x255) of the training perturbations of an epoch."""
 
     def on_epoch_start(self, state) -> None:
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, torch.Tensor] = {}
         self.n = 0
 
     def on_step(self, state) -> None:
+        # sums stay on the device (no host sync per step); read once per epoch
         for k, v in perturbation_norms(state.delta).items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.sum().item()
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float().sum()
         self.n += len(state.delta)
 
     def on_epoch(self, state) -> dict:
-        return {f"diag/delta_{k}": v / max(self.n, 1) for k, v in self.sums.items()}
+        return {f"diag/delta_{k}": float(v) / max(self.n, 1) for k, v in self.sums.items()}
 
 
 class ValFGSM:
