@@ -16,7 +16,7 @@ import torch
 
 from zerograd.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from zerograd.cli import main
-from zerograd.errors import ConfigError
+from zerograd.errors import ConfigError, StorageError
 from zerograd.models import build_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -80,7 +80,7 @@ def test_full_disk_during_fsync_keeps_previous(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(ConfigError, match="No space left on device; its previous version is intact"):
+    with pytest.raises(StorageError, match="No space left on device; its previous version is intact"):
         save_checkpoint(path, {"w": torch.ones(3)})
     monkeypatch.undo()
     _assert_previous_intact(path, torch.zeros(3))
@@ -90,7 +90,7 @@ def test_failed_rename_and_exception_mid_write_keep_previous(tmp_path, monkeypat
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"w": torch.zeros(3)})
     monkeypatch.setattr(os, "replace", lambda a, b: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
-    with pytest.raises(ConfigError, match="I/O error"):
+    with pytest.raises(StorageError, match="I/O error"):
         save_checkpoint(path, {"w": torch.ones(3)})
     monkeypatch.undo()
     _assert_previous_intact(path, torch.zeros(3))

@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from zerograd import ConfigError, load_config, train
-from zerograd.diagnostics import (
+from zerograd.methods import zeroed_fraction
+from zerograd.methods.perturbations import multigrad
+from zerograd.runtime import isolated
+from zerograd.training.diagnostics import (
     gradient_alignment,
-    isolated,
     perturbation_norms,
     sign_disagreement,
     weight_update,
-    zeroed_fraction,
 )
-from zerograd.perturb import multigrad
 
 FAST = ["epochs=2", "test_restarts=1", "test_pgd_steps=5", "model_args.width=8"]
 
@@ -61,12 +61,12 @@ def test_gradient_alignment_of_a_linear_model_is_one(tiny_cnn):
 def test_zeroed_fractions(tiny_cnn):
     torch.manual_seed(0)
     x, y = torch.rand(4, 3, 8, 8) * 0.8 + 0.1, torch.arange(4)
-    frac = zeroed_fraction(tiny_cnn, x, y, "zerograd", 8 / 255, {"q": 0.4}, None)
+    frac = zeroed_fraction("zerograd", tiny_cnn, x, y, None, eps=8 / 255, q=0.4)
     assert frac == pytest.approx(0.4, abs=1 / 192)  # per-sample quantile of 192 entries
     delta = multigrad(tiny_cnn, x, y, eps=8 / 255, n=3)
-    frac = zeroed_fraction(tiny_cnn, x, y, "multigrad", 8 / 255, {}, delta)
+    frac = zeroed_fraction("multigrad", tiny_cnn, x, y, delta, eps=8 / 255)
     assert frac == pytest.approx((delta == 0).float().mean().item()) and 0 < frac < 1
-    assert zeroed_fraction(tiny_cnn, x, y, "fgsm_rs", 8 / 255, {}, delta) is None
+    assert zeroed_fraction("fgsm_rs", tiny_cnn, x, y, delta, eps=8 / 255) is None
 
 
 def test_isolated_restores_rng_and_batch_norm_statistics(tiny_cnn):

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from zerograd import load_config, train
 from zerograd.checkpoint import load_checkpoint
 from zerograd.cli import main
-from zerograd.distributed import Parallel, check_resume, part_sizes, setup
 from zerograd.errors import ConfigError
-from zerograd.perturb import multigrad, random_start
-from zerograd.runlog import read_metrics
+from zerograd.methods import random_start
+from zerograd.methods.perturbations import multigrad
+from zerograd.runfolder import RunFolder
+from zerograd.training.distributed import Parallel, check_resume, part_sizes, setup
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 EPS = 8 / 255
@@ -53,8 +54,8 @@ def test_two_processes_match_one_process(tmp_path, extra):
     proc = torchrun(["train", "--preset", "quickstart", *sets, "--out", str(tmp_path / "two"), "--quiet"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = tmp_path / "two"
-    curve_one = [m["train/loss"] for m in read_metrics(one.dir) if "train/loss" in m]
-    curve_two = [m["train/loss"] for m in read_metrics(two) if "train/loss" in m]
+    curve_one = [m["train/loss"] for m in RunFolder(one.dir).read_metrics() if "train/loss" in m]
+    curve_two = [m["train/loss"] for m in RunFolder(two).read_metrics() if "train/loss" in m]
     assert len(curve_two) == 2, "rank 0 alone writes metrics: one line per epoch"
     assert curve_two == pytest.approx(curve_one, rel=1e-5)
     ckpt = load_checkpoint(two / "checkpoints" / "last.pt")
@@ -78,7 +79,10 @@ def _spread_worker(rank: int, port: int, out: str) -> None:
                                 torch.nn.Linear(4 * 10 * 10, 10))
     x, y = torch.rand(6, 3, 12, 12), torch.randint(0, 10, (6,))
     torch.manual_seed(5)
-    results = {f"n{n}": par.multigrad(model, x, y, eps=EPS, n=n, chunk=1) for n in (3, 4)}
+    results = {}
+    for n in (3, 4):
+        with par.vote_sharing():  # what the training step's shard context does
+            results[f"n{n}"] = multigrad(model, x, y, eps=EPS, n=n, chunk=1)
     torch.save(results, f"{out}/rank{rank}.pt")
     par.close()
 

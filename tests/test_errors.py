@@ -111,8 +111,8 @@ def registries() -> dict[str, str]:
     preset or method does not change the table)."""
     from zerograd.config import preset_names
     from zerograd.data import DATASETS
+    from zerograd.methods import METHODS
     from zerograd.models import MODELS
-    from zerograd.perturb import METHODS
 
     return {"PRESETS": ", ".join(preset_names()), "METHODS": ", ".join(sorted(METHODS)),
             "MODELS": ", ".join(sorted(MODELS)), "DATASETS": ", ".join(sorted(DATASETS))}

@@ -3,9 +3,9 @@ has robust = clean, PGD breaks exactly the linear model's points within eps, and
 mode is restored."""
 import torch
 
+from zerograd.accuracy import evaluate
 from zerograd.attacks import pgd_robust
 from zerograd.data import Split
-from zerograd.evaluate import evaluate
 
 from .conftest import Linear2
 

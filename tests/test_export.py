@@ -14,9 +14,9 @@ from zerograd.cli import main
 from zerograd.config import load_config, to_yaml
 from zerograd.data import DATASETS
 from zerograd.errors import ConfigError
-from zerograd.evaluate import load_model
 from zerograd.export import export_model, load_exported
 from zerograd.models import build_model
+from zerograd.runfolder import load_model
 
 
 def fake_run(root, model="small_cnn", **model_args):

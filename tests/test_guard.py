@@ -4,14 +4,19 @@ its state survives a plain-dict round trip; its options are checked before any w
 a real run a CO verdict rolls back to exactly the saved weights with q raised by the step,
 stops for a method without q, and gives up after max_rollbacks."""
 import json
+from unittest import mock
 
 import pytest
 import torch
 
 from zerograd import ConfigError, load_config, train
 from zerograd.checkpoint import load_checkpoint
-from zerograd.guard import Detector, Guard, GuardOptions
-from zerograd.runlog import read_metrics
+from zerograd.detector import Detector
+from zerograd.options import GuardOptions
+from zerograd.runfolder import RunFolder
+from zerograd.training import loop as loop_module
+from zerograd.training.guard import Guard
+from zerograd.training.state import TrainState
 
 FAST = ["epochs=3", "test_restarts=1", "test_pgd_steps=5", "model_args.width=8", "diagnostics.fgsm_val=false"]
 
@@ -81,39 +86,41 @@ def test_rollback_needs_epoch_checkpoints(tmp_path):
     assert not (tmp_path / "r").exists()  # nothing written
 
 
-class ScriptedVal:
-    """Replaces the epoch's validation PGD / FGSM accuracy by a scripted CO stream, keyed by
-    how many epochs have been trained, so the guard's reaction can be tested on real weights."""
+def scripted_validation(stream):
+    """Validation that reports a scripted CO stream of (PGD, FGSM) accuracies, keyed by how
+    many epochs have been validated, so the guard's reaction can be tested on real weights."""
+    calls = iter(range(10**6))
 
-    def __init__(self, stream):
-        self.stream, self.n = stream, 0
+    def validation_metrics(state):
+        pgd, fgsm = stream[min(next(calls), len(stream) - 1)]
+        return {"val/clean_acc": 0.5, "val/pgd_acc": pgd, "val/fgsm_acc": fgsm}
 
-    def on_epoch(self, state):
-        pgd, fgsm = self.stream[min(self.n, len(self.stream) - 1)]
-        self.n += 1
-        state.metrics["val/pgd_acc"], state.metrics["val/fgsm_acc"] = pgd, fgsm
+    return validation_metrics
 
 
 def run_with_scripted_co(tmp_path, overrides, stream):
     cfg = load_config("quickstart", FAST + ["guard.enabled=true"] + overrides)
-    guard = Guard(GuardOptions(**cfg.guard))
-    cfg.guard = {}  # the test passes its own guard, after the scripted validation
-    return train(cfg, tmp_path / "r", quiet=True, callbacks=[ScriptedVal(stream), guard])
+    with mock.patch.object(loop_module, "validation_metrics", scripted_validation(stream)):
+        return train(cfg, tmp_path / "r", quiet=True)
+
+
+def spy_on_rollbacks(monkeypatch) -> dict:
+    """Record the weights and epoch right after each reload of a checkpoint."""
+    restored = {}
+    original = TrainState.load_weights
+
+    def spy(state, ckpt, source):
+        original(state, ckpt, source)
+        restored["weights"] = {k: v.clone() for k, v in state.model.state_dict().items()}
+        restored["epoch"] = state.epoch
+        restored["source"] = str(source)
+
+    monkeypatch.setattr(TrainState, "load_weights", spy)
+    return restored
 
 
 def test_co_rolls_back_to_exactly_the_saved_weights_and_raises_q(tmp_path, monkeypatch):
-    import importlib
-
-    loop = importlib.import_module("zerograd.train")
-    restored = {}
-    original = loop.restore_epoch
-
-    def spy(state, epoch, init_state):
-        original(state, epoch, init_state)
-        restored["weights"] = {k: v.clone() for k, v in state.model.state_dict().items()}
-        restored["epoch"] = epoch
-
-    monkeypatch.setattr(loop, "restore_epoch", spy)
+    restored = spy_on_rollbacks(monkeypatch)
     # epoch 1 healthy (0.4), epoch 2 collapses; after the rollback everything is healthy again
     run = run_with_scripted_co(tmp_path, ["method_args.q=0.25", "guard.q_step=0.1"],
                                [(0.4, 0.5), (0.05, 0.9), (0.4, 0.5)])
@@ -122,7 +129,7 @@ def test_co_rolls_back_to_exactly_the_saved_weights_and_raises_q(tmp_path, monke
     for k, v in saved.items():
         assert torch.equal(restored["weights"][k], v), k
     assert run.cfg.method_args["q"] == pytest.approx(0.35)
-    events = [m for m in read_metrics(run.dir) if m.get("event") == "rollback"]
+    events = [m for m in RunFolder(run.dir).read_metrics() if m.get("event") == "rollback"]
     assert len(events) == 1
     e = events[0]
     assert e["to_epoch"] == 1 and e["co/epoch"] == 2 and e["co/detected"] == 1
@@ -163,21 +170,14 @@ def test_log_action_only_records_the_event(tmp_path):
 def test_within_epoch_check_fires_at_its_step_and_rolls_back(tmp_path, monkeypatch):
     """Every-k-steps checks: the subset's PGD accuracy collapses from the 3rd check on while
     FGSM holds; the guard rolls back to the last healthy epoch at that step."""
-    import zerograd.guard as guard_module
 
     calls = {"pgd": 0}
 
-    def scripted(model, split, attack, **kw):
-        n = len(split)
-        if attack == "pgd":
-            calls["pgd"] += 1
-            acc = 0.4 if calls["pgd"] < 3 else 0.0
-        else:
-            acc = 0.5
-        flags = torch.arange(n) < int(acc * n)
-        return torch.ones(n, dtype=torch.bool), flags
+    def scripted(self, state, n):
+        calls["pgd"] += 1
+        return (0.4 if calls["pgd"] < 3 else 0.0), 0.5
 
-    monkeypatch.setattr(guard_module, "robust_flags", scripted)
+    monkeypatch.setattr(Guard, "measure", scripted)
     cfg = load_config("quickstart", FAST + ["guard.enabled=true", "guard.every=8", "guard.check_n=50",
                                             "guard.max_rollbacks=1"])
     run = train(cfg, tmp_path / "r", quiet=True)

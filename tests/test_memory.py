@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from zerograd.memory import step_peak
+from zerograd.bench import step_peak
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
 

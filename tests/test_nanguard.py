@@ -3,23 +3,23 @@ weight gradient at a chosen step never reaches the weights; policy "rollback" re
 good checkpoint exactly with the learning rate times nan_lr_factor (in memory without a run
 folder), "stop" ends the run keeping and evaluating the best checkpoint, and
 nan_max_rollbacks bounds the retries. Every case is logged as an event."""
-import importlib
 
 import pytest
 import torch
 
-from zerograd import load_config, train
+from zerograd import Hook, load_config, train
 from zerograd.checkpoint import load_checkpoint
-from zerograd.nanguard import nonfinite
-from zerograd.runlog import read_metrics
+from zerograd.runfolder import RunFolder
 from zerograd.schedules import cyclic
+from zerograd.training.nanguard import nonfinite
+from zerograd.training.state import TrainState
 
 SETS = ["epochs=3", "model_args.width=8", "test_n=60", "test_restarts=1", "test_pgd_steps=5",
         "val_size=100", "val_pgd_steps=3"]
 STEPS = 21  # per epoch, as in test_resume
 
 
-class InjectNaN:
+class InjectNaN(Hook):
     """After optimizer step `at` (and the `times - 1` after it), make the next training
     step's loss NaN (a forward hook) or one weight gradient NaN (a tensor hook)."""
 
@@ -59,16 +59,14 @@ def test_nonfinite_names_what_is_not_finite():
 
 @pytest.mark.parametrize("where", ["loss", "gradient"])
 def test_rollback_reloads_last_good_checkpoint_with_lower_lr(tmp_path, where, monkeypatch):
-    loop = importlib.import_module("zerograd.train")  # the module, not the function
-
     restored = {}
-    original = loop.load_training_state
+    original = TrainState.load_weights
 
     def spy(state, ckpt, source):
         original(state, ckpt, source)
         restored.update(source=str(source), weights={k: v.clone() for k, v in state.model.state_dict().items()})
 
-    monkeypatch.setattr(loop, "load_training_state", spy)
+    monkeypatch.setattr(TrainState, "load_weights", spy)
     last = tmp_path / "r" / "checkpoints" / "last.pt"
     cfg = load_config("quickstart", SETS + ["nan_lr_factor=0.25"])
     run = train(cfg, tmp_path / "r", quiet=True, callbacks=[InjectNaN(STEPS + 5, where)])
@@ -85,7 +83,7 @@ def test_rollback_reloads_last_good_checkpoint_with_lower_lr(tmp_path, where, mo
     total = 3 * STEPS
     assert epochs[1]["lr"] == pytest.approx(0.25 * cyclic(2 * STEPS - 1, total, 0.1))
     assert load_checkpoint(last)["schedule"]["lr_scale"] == 0.25
-    assert [m.get("event") for m in read_metrics(tmp_path / "r")].count("nonfinite") == 1
+    assert [m.get("event") for m in RunFolder(tmp_path / "r").read_metrics()].count("nonfinite") == 1
 
 
 def test_rollback_without_a_run_folder_uses_the_state_kept_in_memory():

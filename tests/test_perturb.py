@@ -6,19 +6,16 @@ import pytest
 import torch
 
 from zerograd.errors import ConfigError
-from zerograd.perturb import (
+from zerograd.methods import (
     METHODS,
-    check_method_args,
     delta_bound,
     input_grad,
-    method_params,
-    multigrad,
-    pgd,
     project,
     quantile_threshold,
     random_start,
     zero_small,
 )
+from zerograd.methods.perturbations import multigrad, pgd
 
 from .conftest import Linear2
 
@@ -151,13 +148,13 @@ def test_n_fgsm_is_not_projected_to_the_eps_ball(tiny_cnn):
 
 
 def test_hyperparameter_schema_and_errors():
-    assert method_params("zerograd") == {"alpha": 2.0, "q": 0.35, "iters": 1, "random_init": True}
-    assert method_params("multigrad")["n"] == 3 and method_params("fgsm_rs")["alpha"] == 1.25
+    assert METHODS.defaults("zerograd") == {"alpha": 2.0, "q": 0.35, "iters": 1, "random_init": True}
+    assert METHODS.defaults("multigrad")["n"] == 3 and METHODS.defaults("fgsm_rs")["alpha"] == 1.25
     with pytest.raises(ConfigError, match="did you mean 'q'"):
-        check_method_args("zerograd", {"qq": 0.3})
+        METHODS.check("zerograd", {"qq": 0.3})
     with pytest.raises(ConfigError, match=r"q=1\.0 .*\[0, 1\)"):
-        check_method_args("zerograd", {"q": 1.0})
+        METHODS.check("zerograd", {"q": 1.0})
     with pytest.raises(ConfigError, match="n=0"):
-        check_method_args("multigrad", {"n": 0})
+        METHODS.check("multigrad", {"n": 0})
     with pytest.raises(ConfigError, match="agree=1"):
-        check_method_args("multigrad", {"n": 3, "agree": 1})
+        METHODS.check("multigrad", {"n": 3, "agree": 1})

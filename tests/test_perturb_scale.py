@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from zerograd.perturb import THRESHOLD_BUDGET, zero_small
+from zerograd.methods import THRESHOLD_BUDGET, zero_small
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
 PEAK = """
 import json, torch
 from pathlib import Path
-from zerograd.perturb import zero_small
+from zerograd.methods import zero_small
 torch.set_num_threads(1)
 def kb(key):
     return next(int(l.split()[1]) for l in Path("/proc/self/status").read_text().splitlines()

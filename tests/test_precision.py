@@ -6,7 +6,7 @@ import torch
 
 from zerograd import load_config, train
 from zerograd.errors import ConfigError
-from zerograd.perturb import METHODS, delta_bound, quantile_threshold, sign_votes, zero_small
+from zerograd.methods import METHODS, delta_bound, quantile_threshold, sign_votes, zero_small
 from zerograd.precision import amp_dtype, grad_scaler
 
 EPS = 8 / 255

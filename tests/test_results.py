@@ -17,8 +17,8 @@ from zerograd.cli import main
 from zerograd.config import load_config
 from zerograd.data import load_data, to_float
 from zerograd.errors import ConfigError
-from zerograd.evaluate import evaluate_path, load_model
-from zerograd.runlog import read_metrics
+from zerograd.evaluate import evaluate_path
+from zerograd.runfolder import RunFolder, load_model
 from zerograd.train import train
 
 TINY_AA = {"apgd-ce": {"n_iter": 5}, "square": {"n_queries": 20}}
@@ -62,7 +62,7 @@ def test_results_file_describes_the_evaluation(run):
 
 def test_best_checkpoint_records_how_it_was_chosen(run):
     result = evaluate_path(run, attack="fgsm", which="best", n=20, checks=False)
-    scores = [r["val/pgd_acc"] for r in read_metrics(run) if "val/pgd_acc" in r]
+    scores = [r["val/pgd_acc"] for r in RunFolder(run).read_metrics() if "val/pgd_acc" in r]
     assert result["checkpoint_kind"] == "best"
     assert result["checkpoint_epoch"] == 1 + scores.index(max(scores))
     assert "val/pgd_acc" in result["best_selected_by"] and "100 validation" in result["best_selected_by"]

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from zerograd import Rollback, load_config, train
+from zerograd import Hook, Rollback, load_config, train
 from zerograd.checkpoint import load_checkpoint, save_checkpoint
-from zerograd.resume import rng_state, set_rng_state
-from zerograd.runlog import read_metrics
+from zerograd.runfolder import RunFolder
+from zerograd.runtime import rng_state, set_rng_state
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SETS = ["epochs=3", "model_args.width=8", "test_n=60", "test_restarts=1", "test_pgd_steps=5",
@@ -45,7 +45,7 @@ class Crash(Exception):
     pass
 
 
-class CrashAt:
+class CrashAt(Hook):
     """Simulates a crash (the process dying) after `step` optimizer steps."""
 
     def __init__(self, step):
@@ -56,7 +56,7 @@ class CrashAt:
             raise Crash
 
 
-class Counter:
+class Counter(Hook):
     """A stateful callback: counts steps and reports the count each epoch; wrong if its state
     is not restored on resume."""
 
@@ -76,7 +76,7 @@ class Counter:
         self.steps = d["steps"]
 
 
-class RollbackOnce:
+class RollbackOnce(Hook):
     """Rolls back from epoch 2 to epoch 1 once (its memory of that is its state)."""
 
     def __init__(self):
@@ -130,7 +130,7 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, extra, callbacks
         b = load_checkpoint(tmp_path / "cut" / "checkpoints" / name)
         assert same_weights(a["model"], b["model"]), name
         assert a["best_val_pgd"] == b["best_val_pgd"] and a["step"] == b["step"]
-    assert comparable(read_metrics(tmp_path / "cut")) == comparable(read_metrics(tmp_path / "whole"))
+    assert comparable(RunFolder(tmp_path / "cut").read_metrics()) == comparable(RunFolder(tmp_path / "whole").read_metrics())
     assert comparable(resumed.history) == comparable(whole.history)
     assert eval_without_time(tmp_path / "cut") == eval_without_time(tmp_path / "whole")
 
@@ -138,16 +138,16 @@ def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, extra, callbacks
 def test_a_run_stopped_by_a_callback_resumes_to_its_final_evaluation_only(tmp_path):
     from zerograd import Stop
 
-    class StopAtEpoch2:
+    class StopAtEpoch2(Hook):
         def on_epoch(self, state):
             return Stop("enough") if state.epoch == 2 else None
 
     cfg = load_config("quickstart", SETS)
     train(cfg, tmp_path / "r", quiet=True, callbacks=[StopAtEpoch2()])
     (tmp_path / "r" / "eval.json").unlink()  # as if killed during the final evaluation
-    before = read_metrics(tmp_path / "r")
+    before = RunFolder(tmp_path / "r").read_metrics()
     run = train(cfg, tmp_path / "r", quiet=True, resume=True)
-    assert read_metrics(tmp_path / "r") == before  # no epoch 3 was trained
+    assert RunFolder(tmp_path / "r").read_metrics() == before  # no epoch 3 was trained
     assert before[-1]["event"] == "stop" and run.result["n"] == 60
 
 
@@ -159,8 +159,8 @@ def _cli(*args, **kw):
 
 SELF_KILL = """
 import os, signal, sys
-from zerograd import load_config, train
-class KillAt:
+from zerograd import Hook, load_config, train
+class KillAt(Hook):
     def on_step(self, state):
         if state.step == int(sys.argv[2]):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -197,7 +197,7 @@ def test_sigkill_at_random_steps_then_resume_is_bitwise_identical(tmp_path):
     print(info)
     final = load_checkpoint(run / "checkpoints" / "last.pt")
     assert same_weights(whole.model.state_dict(), final["model"]), info
-    assert comparable(read_metrics(run)) == comparable(read_metrics(tmp_path / "whole")), info
+    assert comparable(RunFolder(run).read_metrics()) == comparable(RunFolder(tmp_path / "whole").read_metrics()), info
     assert eval_without_time(run) == eval_without_time(tmp_path / "whole"), info
 
 
@@ -210,6 +210,6 @@ def test_a_forced_run_in_an_old_folder_starts_a_clean_log(tmp_path):
     first = (tmp_path / "r" / "eval.json").read_text()
     assert main(["train", "--preset", "quickstart", "--quiet", "--out", out, "--force", *sets,
                  "--set", "seed=1"]) == 0
-    records = read_metrics(out)
+    records = RunFolder(out).read_metrics()
     assert [r["epoch"] for r in records if "train/loss" in r] == [1]  # not the old run's too
     assert json.loads((tmp_path / "r" / "eval.json").read_text())["seed"] == 1 != json.loads(first)["seed"]

@@ -8,9 +8,9 @@ from itertools import pairwise
 import pytest
 import torch
 
+from zerograd.accuracy import evaluate_autoattack, robust_flags
 from zerograd.data import Split
-from zerograd.evaluate import evaluate_autoattack, robust_flags
-from zerograd.sanity import SQUARE_MAX_GAIN, probe_accuracies, sanity_checks
+from zerograd.sanity import SQUARE_MAX_GAIN, check_accuracies, sanity_checks
 
 from .conftest import Linear2
 from .test_autoattack import ZeroGrad  # identity with zero gradient
@@ -49,7 +49,7 @@ def linear_points(n=40, seed=0):
 
 def checks_of(model, split):
     result = evaluate_autoattack(model, split, eps=EPS, attack_params=FAST_AA, batch_size=64)
-    probes = probe_accuracies(model, split, eps=EPS, steps=5, seed=0)
+    probes = check_accuracies(model, split, eps=EPS, steps=5, seed=0)
     return result, {c.name: c for c in sanity_checks(probes, result)}
 
 

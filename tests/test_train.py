@@ -2,14 +2,14 @@
 above chance, bitwise repeatability under a seed, the run folder's contents, callbacks'
 actions (stop, rolling back to exactly the saved weights), and a short run on the shared
 CIFAR-10 copy."""
-import importlib
 import json
 
 import torch
 
-from zerograd import Rollback, Stop, load_config, train
+from zerograd import Hook, Rollback, Stop, load_config, train
 from zerograd.checkpoint import load_checkpoint
-from zerograd.runlog import read_metrics
+from zerograd.runfolder import RunFolder
+from zerograd.training.state import TrainState
 
 FAST = ["epochs=3", "test_restarts=1", "test_pgd_steps=10", "model_args.width=8"]
 
@@ -23,7 +23,7 @@ def test_quickstart_learns_robustly(tmp_path):
     for name in ("config.yaml", "metrics.jsonl", "eval.json", "checkpoints/last.pt",
                  "checkpoints/best.pt", "checkpoints/epoch-0.pt", "checkpoints/epoch-12.pt"):
         assert (folder / name).is_file(), name
-    epochs = [m for m in read_metrics(folder) if "train/loss" in m]
+    epochs = [m for m in RunFolder(folder).read_metrics() if "train/loss" in m]
     assert [m["epoch"] for m in epochs] == list(range(1, 13))
     assert {"val/clean_acc", "val/pgd_acc", "lr", "train/acc"} <= set(epochs[-1])
     assert json.loads((folder / "eval.json").read_text())["n"] == 360
@@ -40,7 +40,7 @@ def test_same_seed_same_weights_bitwise():
     assert not torch.equal(next(iter(a.model.parameters())), next(iter(c.model.parameters())))
 
 
-class StopAfter:
+class StopAfter(Hook):
     def __init__(self, steps):
         self.steps = steps
 
@@ -55,7 +55,7 @@ def test_stop_action_ends_the_run_and_is_logged(tmp_path):
     assert max(m.get("epoch", 0) for m in run.history if "train/loss" in m) == 1
 
 
-class RollbackOnce:
+class RollbackOnce(Hook):
     """At the end of epoch 2, roll back to epoch 1 with a larger q; remember the weights."""
 
     def __init__(self):
@@ -72,17 +72,15 @@ class RollbackOnce:
 
 
 def test_rollback_restores_saved_weights_and_raises_q(tmp_path, monkeypatch):
-    loop = importlib.import_module("zerograd.train")  # the module, not the function
-
     restored = {}
-    original = loop.restore_epoch
+    original = TrainState.load_weights
 
-    def spy(state, epoch, init_state):
-        original(state, epoch, init_state)
+    def spy(state, ckpt, source):
+        original(state, ckpt, source)
         restored["weights"] = {k: v.clone() for k, v in state.model.state_dict().items()}
         restored["epoch"] = state.epoch
 
-    monkeypatch.setattr(loop, "restore_epoch", spy)
+    monkeypatch.setattr(TrainState, "load_weights", spy)
     cb = RollbackOnce()
     run = train(load_config("quickstart", FAST + ["method_args.q=0.2"]), tmp_path / "r",
                 quiet=True, callbacks=[cb])

@@ -4,22 +4,25 @@ ZeroGrad and MultiGrad (Golgooni et al.) with the FGSM, FGSM-RS, N-FGSM, GradAli
 baselines; evaluation by PGD with restarts and AutoAttack; diagnostics of catastrophic
 overfitting. Models take pixels in [0, 1]; eps is absolute, every step size a multiple of eps.
 """
-__version__ = "0.1.0"
-
+from .accuracy import evaluate
 from .config import Config, load_config
-from .errors import ConfigError
-from .evaluate import evaluate
+from .errors import ConfigError, StorageError, ZerogradError
+from .methods import METHODS
 from .models import MODELS, build_model
-from .perturb import METHODS
-from .train import Rollback, Stop, train
+from .train import train
+from .training.events import Hook, Rollback, Stop
+from .version import __version__
 
 __all__ = [
            "METHODS",
            "MODELS",
            "Config",
            "ConfigError",
+           "Hook",
            "Rollback",
            "Stop",
+           "StorageError",
+           "ZerogradError",
            "__version__",
            "build_model",
            "evaluate",

@@ -1,32 +1,15 @@
 """Evaluation attacks on one batch: which samples stay correctly classified.
 
-The model must already be in eval mode (see `eval_mode`). PGD reuses the
-training implementation in `perturb`, with early stopping per sample and restarts that
+The model must already be in eval mode (see `runtime.eval_mode`). PGD reuses the
+training implementation in `methods`, with early stopping per sample and restarts that
 attack only the samples still robust, so each sample's worst case over restarts counts.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import torch
 from torch import Tensor
 
-from .perturb import fgsm, pgd
-
-
-@contextmanager
-def eval_mode(model) -> Iterator[None]:
-    """Put every submodule in eval mode, then restore each one's own previous mode."""
-    modules = list(model.modules()) if isinstance(model, torch.nn.Module) else []
-    before = [m.training for m in modules]
-    for m in modules:
-        m.training = False
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, before):
-            m.training = mode
+from .methods import METHODS
 
 
 @torch.no_grad()
@@ -47,7 +30,7 @@ def pgd_robust(
         if idx.numel() == 0:
             break
         xi, yi = x[idx], y[idx]
-        delta = pgd(model, xi, yi, eps=eps, alpha=alpha, steps=steps, random_init=True, early_stop=True)
+        delta = METHODS["pgd"](model, xi, yi, eps=eps, alpha=alpha, steps=steps, random_init=True, early_stop=True)
         robust[idx] = correct(model, xi + delta, yi)
     return robust
 
@@ -57,6 +40,6 @@ def fgsm_robust(model, x: Tensor, y: Tensor, *, eps: float, robust: Tensor | Non
     robust = correct(model, x, y) if robust is None else robust.clone()
     idx = robust.nonzero().squeeze(1)
     if idx.numel():
-        delta = fgsm(model, x[idx], y[idx], eps=eps, alpha=1.0)
+        delta = METHODS["fgsm"](model, x[idx], y[idx], eps=eps, alpha=1.0)
         robust[idx] = correct(model, x[idx] + delta, y[idx])
     return robust

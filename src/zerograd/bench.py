@@ -1,44 +1,40 @@
 """`zerograd bench`: seconds per training step of each method on the same model and batch,
 measured side by side in one process (round-robin, each timed step preceded by an untimed
-one of the same method; median of per-round ratios), with the ratio to FGSM-RS. A training step is the attack plus one forward/backward/SGD update."""
+one of the same method; median of per-round ratios), with the ratio to FGSM-RS. A step is
+the training loop's own (`training.objective.Objective.step`): attack, loss, backward, update."""
 from __future__ import annotations
 
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
+from .config import Config, apply
 from .errors import ConfigError
 from .models import build_model
-from .perturb import METHODS
-from .regularize import grad_align
+from .registry import Registry
+from .training.objective import Objective
 
-# name -> (method, hyperparameters, GradAlign lambda); the paper's settings
-BENCH_METHODS: dict[str, tuple[str, dict, float]] = {
-    "fgsm_rs": ("fgsm_rs", {}, 0.0),
-    "fgsm": ("fgsm", {}, 0.0),
-    "zerograd": ("zerograd", {}, 0.0),
-    "multigrad": ("multigrad", {"n": 3}, 0.0),  # default chunking: one start per pass on a CPU
-    "multigrad_batched": ("multigrad", {"n": 3, "chunk": 3}, 0.0),  # all starts in one pass
-    "multigrad_chunk": ("multigrad", {"n": 3, "chunk": 1}, 0.0),
-    "n_fgsm": ("n_fgsm", {}, 0.0),
-    "gradalign": ("fgsm", {}, 0.2),
-    "pgd2": ("pgd", {"steps": 2, "alpha": 0.5}, 0.0),
-    "pgd10": ("pgd", {"steps": 10, "alpha": 0.25}, 0.0),
-}
-
-
-def training_step(model, optimizer, x, y, method: str, params: dict, lam: float, eps: float) -> None:
-    """The loop's step without logging: attack, loss, backward, update."""
-    delta = METHODS[method](model, x, y, eps=eps, **params)
-    loss = F.cross_entropy(model(x + delta), y)
-    if lam > 0:
-        loss = loss + grad_align(model, x, y, eps=eps, lam=lam)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+# name -> the config keys of the benchmarked setting (the paper's settings)
+BENCH_METHODS: Registry[dict] = Registry("benchmark method")
+for _name, _keys in (
+    ("fgsm_rs", {"method": "fgsm_rs"}),
+    ("fgsm", {"method": "fgsm"}),
+    ("zerograd", {"method": "zerograd"}),
+    ("multigrad", {"method": "multigrad", "method_args": {"n": 3}}),  # CPU default: a start per pass
+    ("multigrad_batched", {"method": "multigrad", "method_args": {"n": 3, "chunk": 3}}),  # one pass
+    ("multigrad_chunk", {"method": "multigrad", "method_args": {"n": 3, "chunk": 1}}),
+    ("n_fgsm", {"method": "n_fgsm"}),
+    ("gradalign", {"method": "fgsm", "grad_align": 0.2}),
+    ("pgd2", {"method": "pgd", "method_args": {"steps": 2, "alpha": 0.5}}),
+    ("pgd10", {"method": "pgd", "method_args": {"steps": 10, "alpha": 0.25}}),
+):
+    BENCH_METHODS.register(_name, _keys)
 
 
 def bench_setup(model: str, batch_size: int, device: str, image_size: int):
@@ -52,6 +48,63 @@ def bench_setup(model: str, batch_size: int, device: str, image_size: int):
     return net, opt, x, y
 
 
+def bench_objective(name: str, net, opt, *, model: str, eps: float, device: str) -> Objective:
+    """The training loop's own step for the benchmarked setting `name`."""
+    cfg = apply(Config(model=model, eps=eps, device=device), BENCH_METHODS[name])
+    return Objective(cfg, net, opt, torch.device(device))
+
+
+# --------------------------------------------------------------------------- peak memory
+# On CUDA: `torch.cuda.max_memory_allocated` around the step. On CPU the process's resident
+# high-water mark (Linux VmHWM, reset through /proc/self/clear_refs) in a fresh process per
+# method, because memory freed by one method stays resident and would hide the next one's peak.
+
+MB = 2**20
+
+
+def _status_kb(key: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def measure(name: str, *, model: str, batch_size: int, device: str, image_size: int, eps: float) -> dict:
+    """Run one training step of bench method `name` here and report its peak memory in MB."""
+    net, opt, x, y = bench_setup(model, batch_size, device, image_size)
+    objective = bench_objective(name, net, opt, model=model, eps=eps, device=device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        objective.step(x=x, y=y)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        return {"peak_mb": peak / MB, "step_mb": (peak - before) / MB, "memory": "cuda_max_allocated"}
+    before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := current RSS
+    objective.step(x=x, y=y)
+    peak = _status_kb("VmHWM")
+    return {"peak_mb": peak / 1024, "step_mb": (peak - before) / 1024, "memory": "cpu_rss_hwm"}
+
+
+def step_peak(name: str, *, model: str, batch_size: int, device: str, image_size: int = 32,
+              eps: float = 8 / 255, threads: int = 1) -> dict:
+    """`measure` in a fresh Python process on CPU (in this one on CUDA)."""
+    kw = {"model": model, "batch_size": batch_size, "device": device, "image_size": image_size, "eps": eps}
+    if device.startswith("cuda"):
+        return measure(name, **kw)
+    src = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")])),
+           "OMP_NUM_THREADS": str(threads)}
+    code = ("import json, sys, torch; from zerograd.bench import measure; "
+            f"torch.set_num_threads({threads}); "
+            "print(json.dumps(measure(sys.argv[1], **json.loads(sys.argv[2]))))")
+    out = subprocess.run([sys.executable, "-c", code, name, json.dumps(kw)], env=env, check=True,
+                         capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: int = 3,
               methods: list[str] | None = None, threads: int | None = None, eps: float = 8 / 255,
               device: str = "cpu", quiet: bool = False, image_size: int = 32,
@@ -62,25 +115,23 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
     before the step) and 'mem_ratio' (step_mb over the baseline's)."""
     names = methods or list(BENCH_METHODS)
     for name in names:
-        if name not in BENCH_METHODS:
-            from .registry import lookup
-
-            lookup(BENCH_METHODS, name, "benchmark method")
+        BENCH_METHODS[name]  # unknown names: one line with did-you-mean
     if batch_size < 1 or repeats < 1:
         raise ConfigError(f"--batch-size={batch_size} and --repeats={repeats} must both be >= 1")
     if threads is not None:
         torch.set_num_threads(threads)
     net, opt, x, y = bench_setup(model, batch_size, device, image_size)
+    steps = {n: bench_objective(n, net, opt, model=model, eps=eps, device=device) for n in names}
     timings: dict[str, list[float]] = {n: [] for n in names}
     for r in range(repeats):
         for name in names:
             # an untimed step first: switching methods changes the memory footprint, and the
             # page faults of re-growing the heap would otherwise be billed to the next method
-            training_step(net, opt, x, y, *BENCH_METHODS[name], eps)
+            steps[name].step(x=x, y=y)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            training_step(net, opt, x, y, *BENCH_METHODS[name], eps)
+            steps[name].step(x=x, y=y)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             timings[name].append(time.perf_counter() - t0)
@@ -95,8 +146,6 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
                     for n, t in timings.items()},
     }
     if memory:
-        from .memory import step_peak
-
         for n in names:
             report["methods"][n].update(step_peak(n, model=model, batch_size=batch_size, device=device,
                                                   image_size=image_size, eps=eps,

@@ -1,41 +1,17 @@
-"""Checkpoints: atomic writes (temp file, fsync, rename) and loading that never runs code
+"""Checkpoint files: atomic writes (files.atomic_write) and loading that never runs code
 (`torch.load(weights_only=True)`); every failure becomes one clear line."""
 from __future__ import annotations
 
 import io
-import os
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import ConfigError
-
-
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write bytes so that `path` holds either its old content or the new, never a mix. A
-    failed write (full disk, read-only folder) is one line saying the old file is intact."""
-    path = Path(path)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            with _suppress():
-                os.unlink(tmp)
-        if isinstance(e, OSError):
-            kept = "its previous version is intact" if path.exists() else "nothing was written"
-            raise ConfigError(f"cannot write {str(path)!r}: {e.strerror or e}; {kept}") from None
-        raise
-    _fsync_dir(path.parent)
+from .files import atomic_write
 
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
@@ -86,19 +62,3 @@ def _first(e: Exception) -> str:
     """The first sentence of an exception's message, on one line."""
     text = " ".join(str(e).split())
     return (text.split(". ")[0] or type(e).__name__)[:160]
-
-def _fsync_dir(directory: Path) -> None:
-    with _suppress():
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class _suppress:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return exc[0] is not None and issubclass(exc[0], OSError)

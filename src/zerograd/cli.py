@@ -1,4 +1,4 @@
-"""Command line: each subcommand maps its flags to one library call. A ConfigError is printed
+"""Command line: each subcommand maps its flags to one library call. A ZerogradError is printed
 as one line, `zerograd: error: ...`, with exit code 2 and no traceback."""
 from __future__ import annotations
 
@@ -8,13 +8,21 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError
+from .bench import run_bench
+from .config import load_config, preset_names, read_preset
+from .errors import ConfigError, ZerogradError
+from .evaluate import evaluate_path
+from .export import export_model
+from .methods import METHODS
+from .report import build_report
+from .reproduce import reproduce
+from .results import attack_title
+from .runfolder import resume_config
+from .sanity import format_checks
+from .train import train
 
 
 def _train(args) -> int:
-    from .config import load_config
-    from .train import train
-
     overrides = list(args.set or [])
     if args.resume:
         return _resume(args, overrides)
@@ -29,9 +37,6 @@ def _train(args) -> int:
 
 
 def _resume(args, overrides: list[str]) -> int:
-    from .resume import resume_config
-    from .train import train
-
     for flag, given in (("--out", args.out), ("--force", args.force)):
         if given:
             raise ConfigError(f"--resume cannot be combined with {flag}: the run folder is the one resumed")
@@ -43,9 +48,6 @@ def _resume(args, overrides: list[str]) -> int:
 
 
 def _eval(args) -> int:
-    from .evaluate import evaluate_path
-    from .sanity import format_checks
-
     result = evaluate_path(args.path, attack=args.attack, n=args.n, steps=args.steps,
                            restarts=args.restarts, alpha=args.alpha, eps=args.eps,
                            which=args.checkpoint, data_dir=args.data_dir,
@@ -56,8 +58,7 @@ def _eval(args) -> int:
         print(json.dumps(result))
         return 0
     a = result["attack"]
-    name = (f"PGD-{a['steps']}-{a['restarts']}" if a["name"] == "pgd" else
-            f"AutoAttack ({a['version']})" if a["name"] == "autoattack" else "FGSM")
+    name = attack_title(a)
     print(f"checkpoint {result['checkpoint']} ({result['checkpoint_kind']}, epoch "
           f"{result['checkpoint_epoch']}, sha256 {result['checkpoint_sha256'][:16]})\n"
           f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
@@ -74,34 +75,26 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_model
-
     out = export_model(args.path, args.out, which=args.checkpoint, force=args.force)
     print(f"exported to {out} (load with zerograd.export.load_exported)")
     return 0
 
 
 def _methods(args) -> int:
-    from .perturb import METHODS, method_params
-
     for name, fn in METHODS.items():
-        params = ", ".join(f"{k}={v}" for k, v in method_params(name).items())
+        params = ", ".join(f"{k}={v}" for k, v in METHODS.defaults(name).items())
         doc = (fn.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<10} {params}\n{'':<10} {doc}")
     return 0
 
 
 def _presets(args) -> int:
-    from .config import preset_names, read_preset
-
     for name in preset_names():
         print(f"{name:<28} {read_preset(name).get('description', '')}")
     return 0
 
 
 def _bench(args) -> int:
-    from .bench import run_bench
-
     report = run_bench(model=args.model, batch_size=args.batch_size, repeats=args.repeats,
                        methods=args.methods, threads=args.threads, quiet=args.json,
                        memory=args.memory)
@@ -119,16 +112,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _report(args) -> int:
-    from .report import build_report
-
     path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir)
     print(f"report: {path}", file=sys.stderr)
     return 0
 
 
 def _reproduce(args) -> int:
-    from .reproduce import reproduce
-
     reproduce(args.name, args.out, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
               data_dir=args.data_dir, quiet=args.quiet)
     return 0
@@ -223,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except ConfigError as e:
+    except ZerogradError as e:
         print(f"zerograd: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the input: a full disk, a vanished folder

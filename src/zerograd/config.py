@@ -9,9 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from torch import nn
 
+from .data import DATASETS
 from .errors import ConfigError
+from .methods import METHODS
+from .models import MODELS, build_model
+from .options import DiagnosticsOptions, GuardOptions
+from .precision import AMP_DTYPES
 from .registry import did_you_mean
+from .schedules import SCHEDULES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -66,6 +73,11 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Batch size of evaluation passes (no weight gradients: larger batches are cheaper)."""
+        return max(self.batch_size, 256)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -135,29 +147,12 @@ def _type_name(t) -> str:
     return "None" if t is type(None) else getattr(t, "__name__", str(t))
 
 
-def _nested_types(section: str, owner: str) -> dict[str, object]:
+REGISTRIES = {"method_args": METHODS, "model_args": MODELS, "schedule_args": SCHEDULES}
+
+
+def _nested_types(section: str, owner: str) -> dict[str, str]:
     """Types of the keys allowed in a nested section, read from the owner's signature."""
-    if section == "method_args":
-        from .perturb import method_types
-
-        return method_types(owner)
-    if section == "model_args":
-        from .models import model_params
-
-        return {k: _default_type(v) for k, v in model_params(owner).items()}
-    import inspect
-
-    from .schedules import SCHEDULES
-
-    fn = SCHEDULES[owner]
-    return {
-        p.name: p.annotation for p in inspect.signature(fn).parameters.values()
-        if p.kind is p.KEYWORD_ONLY
-    }
-
-
-def _default_type(default) -> str:
-    return "object" if default is None else type(default).__name__
+    return {k: p.annotation for k, p in REGISTRIES[section].params(owner).items()}
 
 
 def apply(cfg: Config, updates: dict, source: str = "config") -> Config:
@@ -264,12 +259,6 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: Config) -> Config:
     """Check every value and name; returns cfg with nested sections type-coerced."""
-    from .data import DATASETS
-    from .models import check_model_args
-    from .perturb import check_method_args
-    from .registry import lookup
-    from .schedules import SCHEDULES
-
     _require(0 < cfg.eps <= 1, f"eps={cfg.eps!r} is invalid: must be in (0, 1] (pixels are in [0, 1]; e.g. 8/255)")
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid: must be >= 1")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} is invalid: must be >= 1")
@@ -294,8 +283,6 @@ def validate(cfg: Config) -> Config:
              f"final_checkpoint={cfg.final_checkpoint!r} is invalid: must be 'last' or 'best'")
     _require(cfg.device.split(":")[0] in DEVICES,
              f"device={cfg.device!r} is invalid: must be one of {', '.join(DEVICES)} (cuda:N allowed)")
-    from .precision import AMP_DTYPES
-
     _require(cfg.amp_dtype in AMP_DTYPES,
              f"amp_dtype={cfg.amp_dtype!r} is invalid: must be one of {', '.join(AMP_DTYPES)}")
     _require(cfg.multigrad_ranks >= 1, f"multigrad_ranks={cfg.multigrad_ranks} is invalid: must be >= 1")
@@ -306,20 +293,11 @@ def validate(cfg: Config) -> Config:
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
     _require(cfg.nan_max_rollbacks >= 0, f"nan_max_rollbacks={cfg.nan_max_rollbacks} is invalid: must be >= 0")
-    lookup(DATASETS, cfg.dataset, "dataset")
-    lookup(SCHEDULES, cfg.schedule, "schedule")
+    DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
 
     nested = {}
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
                            ("schedule_args", cfg.schedule)):
-        if section == "method_args":
-            from .perturb import METHODS
-
-            lookup(METHODS, owner, "method")
-        elif section == "model_args":
-            from .models import MODELS
-
-            lookup(MODELS, owner, "model")
         allowed = _nested_types(section, owner)
         values = {}
         for key, value in getattr(cfg, section).items():
@@ -331,22 +309,15 @@ def validate(cfg: Config) -> Config:
             values[key] = coerce(value, allowed[key], f"{section}.{key}")
         nested[section] = values
     cfg = dataclasses.replace(cfg, **nested)
-    check_method_args(cfg.method, cfg.method_args)
-    check_model_args(cfg.model, cfg.model_args)
-    cfg = check_options(cfg)
-    for key in ("peak", "drop"):
-        if key in cfg.schedule_args:
-            v = cfg.schedule_args[key]
-            _require(0 < v <= 1, f"schedule_args.{key}={v} is invalid: must be in (0, 1] (a fraction of training)")
-    return cfg
+    for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
+                           ("schedule_args", cfg.schedule)):
+        REGISTRIES[section].check(owner, getattr(cfg, section))
+    return check_options(cfg)
 
 
 def check_options(cfg: Config) -> Config:
     """Type-check the `diagnostics` and `guard` sections against their options dataclasses
     (unknown keys refused with did-you-mean), then let each check its ranges against cfg."""
-    from .diagnostics import DiagnosticsOptions
-    from .guard import GuardOptions
-
     sections = {}
     for section, options in (("diagnostics", DiagnosticsOptions), ("guard", GuardOptions)):
         allowed = {f.name: f.type for f in dataclasses.fields(options)}
@@ -369,3 +340,10 @@ def from_yaml_dict(data: dict) -> Config:
     """A Config from a run folder's config.yaml (extra recorded keys such as versions ignored)."""
     known = {k: v for k, v in data.items() if k in FIELDS}
     return validate(apply(Config(), known))
+
+
+def model_for(cfg: Config) -> nn.Module:
+    """The network cfg names, shaped and normalized for cfg's dataset (on the CPU)."""
+    info = DATASETS[cfg.dataset]
+    return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
+                       mean=info.mean, std=info.std, **cfg.model_args)

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConfigError
-from .registry import lookup
+from .registry import Registry
 
 try:  # numpy >= 2 spelling first; both name the same function
     from numpy._core.multiarray import _reconstruct
@@ -73,22 +73,24 @@ _CIFAR10_DIR = "cifar-10-batches-py"
 _CIFAR100_DIR = "cifar-100-python"
 _CIFAR10_TRAIN = tuple(f"{_CIFAR10_DIR}/data_batch_{i}" for i in range(1, 6))
 
-DATASETS: dict[str, DatasetInfo] = {
+DATASETS: Registry[DatasetInfo] = Registry("dataset")
+for _info in (
     # mean/std of the 1437-image train part (pixels/255); test_data checks them.
-    "digits": DatasetInfo("digits", 10, (1, 8, 8), (0.3054,), (0.3757,), False, (), None),
-    "cifar10": DatasetInfo(
+    DatasetInfo("digits", 10, (1, 8, 8), (0.3054,), (0.3757,), False, (), None),
+    DatasetInfo(
         "cifar10", 10, (3, 32, 32), (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616), True,
         (*_CIFAR10_TRAIN, f"{_CIFAR10_DIR}/test_batch"), _CIFAR10_URL,
     ),
-    "cifar100": DatasetInfo(
+    DatasetInfo(
         "cifar100", 100, (3, 32, 32), (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), True,
         (f"{_CIFAR100_DIR}/train", f"{_CIFAR100_DIR}/test"), _CIFAR100_URL,
     ),
-    "svhn": DatasetInfo(
+    DatasetInfo(
         "svhn", 10, (3, 32, 32), (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), False,
         ("train_32x32.mat", "test_32x32.mat"), _SVHN_URL,
     ),
-}
+):
+    DATASETS.register(_info.name, _info)
 
 # (url, md5) of what to fetch; md5s are the official ones (as used by torchvision).
 _DOWNLOADS: dict[str, tuple[tuple[str, str], ...]] = {
@@ -139,7 +141,7 @@ def check_available(name: str, data_dir: str | Path | None = None, *, download: 
     Called before any training work so a missing dataset fails in seconds with a message that
     says which files were expected where and where to get them.
     """
-    info = lookup(DATASETS, name, "dataset")
+    info = DATASETS[name]
     root = resolve_data_dir(data_dir)
     if not _missing(info, root):
         return
@@ -380,7 +382,7 @@ def load_data(
     download: bool = True,
 ) -> Data:
     """Load a dataset as uint8 tensors on `device`, with validation carved from training data."""
-    info = lookup(DATASETS, name, "dataset")
+    info = DATASETS[name]
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:

@@ -11,9 +11,16 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .data import DATASETS
 from .errors import ConfigError
+from .files import write_json
+from .models import build_model
+from .runfolder import checkpoint_facts, export_folder, load_checkpoint_model
+from .runtime import environment
 
 EXPORT_FORMAT = "zerograd-export-1"
 WEIGHTS = "model.safetensors"
@@ -24,19 +31,8 @@ REQUIRED = ("architecture", "model_args", "num_classes", "in_channels", "mean", 
 def export_model(path, out=None, *, which: str = "last", force: bool = False) -> Path:
     """Write model.safetensors and model.json for a run folder's (or a checkpoint's) model to
     `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file)."""
-    from safetensors.torch import save_file
-
-    from .data import DATASETS
-    from .evaluate import load_checkpoint_model
-    from .results import checkpoint_facts, run_folder_of
-    from .runlog import write_json
-    from .train import environment
-
     model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which)
-    run = run_folder_of(ckpt_path)
-    if out is None:
-        out = run / "export" if run is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
-    out = Path(out)
+    out = Path(out) if out is not None else export_folder(ckpt_path)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
         raise ConfigError(f"export folder {str(out)!r} exists and is not empty; choose another "
                           "--out or pass --force to overwrite")
@@ -77,11 +73,6 @@ def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn
     """The exported model (nn.Module in eval mode, pixels in [0, 1] in, logits out) from a
     folder written by `export_model`. Unknown formats, architectures or mismatched weights
     are a ConfigError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from .models import build_model
-
     path = Path(path)
     meta_path, weights_path = path / META, path / WEIGHTS
     for f in (meta_path, weights_path):

@@ -15,12 +15,15 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+import torch
 
+from .data import load_data, to_float
+from .detector import Detector
 from .errors import ConfigError
-from .guard import Detector, GuardOptions
-from .perturb import method_params
-from .runlog import read_metrics
+from .methods import METHODS, input_grad
+from .options import GuardOptions
+from .results import attack_title
+from .runfolder import PLOTS, REPORT, RESULT, RunFolder, load_model
 
 # Config keys that do not change what a run measures; runs differing only in these are seeds
 # of one setting.
@@ -51,27 +54,19 @@ class RunRecord:
 
 def read_run(path: str | Path) -> RunRecord:
     """A run folder as data; ConfigError if it is not one."""
-    path = Path(path)
-    if not path.is_dir() or not ((path / "metrics.jsonl").is_file() or (path / "config.yaml").is_file()):
-        raise ConfigError(f"{str(path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
-    config = {}
-    if (path / "config.yaml").is_file():
-        try:
-            config = yaml.safe_load((path / "config.yaml").read_text()) or {}
-        except yaml.YAMLError:
-            raise ConfigError(f"{str(path / 'config.yaml')!r} is not valid YAML") from None
-        if not isinstance(config, dict):
-            raise ConfigError(f"{str(path / 'config.yaml')!r} is not a mapping")
+    run = RunFolder(path)
+    if not run.exists():
+        raise ConfigError(f"{str(run.path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
+    config = run.read_config_dict() if run.config_file.is_file() else {}
     evals = []
-    for f in [path / "eval.json", *sorted((path / "evals").glob("*.json"))]:
-        if f.is_file():
-            try:
-                obj = json.loads(f.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                continue
-            if isinstance(obj, dict) and "robust_acc" in obj:
-                evals.append((str(f.relative_to(path)), obj))
-    return RunRecord(path, config, read_metrics(path), evals)
+    for f in run.result_files():
+        try:
+            obj = json.loads(f.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(obj, dict) and "robust_acc" in obj:
+            evals.append((str(f.relative_to(run.path)), obj))
+    return RunRecord(run.path, config, run.read_metrics(), evals)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -95,7 +90,7 @@ def setting_label(config: dict) -> str:
     """A short name for a run's setting: method, its non-default hyperparameters, GradAlign."""
     method = config.get("method", "?")
     try:
-        defaults = method_params(method)
+        defaults = METHODS.defaults(method)
     except ConfigError:
         defaults = {}
     args = {k: v for k, v in (config.get("method_args") or {}).items() if defaults.get(k) != v}
@@ -131,7 +126,7 @@ def mean_std(values: list[float]) -> str:
 
 
 def final_eval(run: RunRecord) -> dict | None:
-    return next((e for name, e in run.evals if name == "eval.json"), None)
+    return next((e for name, e in run.evals if name == RESULT), None)
 
 
 def comparison_table(runs: list[RunRecord]) -> list[str]:
@@ -160,11 +155,9 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
 
 def _attack_name(e: dict) -> str:
     a = e.get("attack") or {}
-    if not isinstance(a, dict):
+    if not isinstance(a, dict) or "name" not in a:
         return str(a)
-    if a.get("name") == "pgd":
-        return f"PGD-{a.get('steps')}-{a.get('restarts')}, n={e.get('n')}"
-    return f"{a.get('name', '?')}{'-' + str(a['version']) if a.get('version') else ''}, n={e.get('n')}"
+    return f"{attack_title(a)}, n={e.get('n')}"
 
 
 def evaluation_rows(runs: list[RunRecord]) -> list[str]:
@@ -309,20 +302,15 @@ def gradient_figure(run_path: Path, path: Path, n: int = 4, data_dir=None) -> No
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
-
-    from .data import load_data
-    from .evaluate import load_model
-    from .perturb import input_grad, multigrad
 
     model, cfg, _ = load_model(run_path, "last", data_dir=data_dir)
     model.eval()
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=0, test_subset=n, seed=cfg.seed)
-    x = data.test.x.float() / 255
+    x = to_float(data.test.x)
     y = data.test.y
     torch.manual_seed(0)
     g = input_grad(model, x, y, torch.zeros_like(x))
-    agree = multigrad(model, x, y, eps=cfg.eps, n=3) != 0
+    agree = METHODS["multigrad"](model, x, y, eps=cfg.eps, n=3) != 0
     masked = g * agree
     fig, axes = plt.subplots(3, n, figsize=(1.8 * n, 5.4), squeeze=False)
     for j in range(n):
@@ -366,7 +354,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
         raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
     if gradient_images < 0:
         raise ConfigError(f"--gradient-images={gradient_images} is invalid: must be >= 0")
-    plots = out / "plots"
+    plots = out / PLOTS
     plots.mkdir(parents=True, exist_ok=True)
     names = _unique_names(runs)
 
@@ -379,7 +367,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     lines += comparison_table(runs)
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
-        lines += ["", "![validation PGD accuracy of every run](plots/overview.png)"]
+        lines += ["", f"![validation PGD accuracy of every run]({PLOTS}/overview.png)"]
     lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
     lines += ["", "## Runs", ""]
     for r, name in zip(runs, names):
@@ -394,14 +382,14 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
         for e in r.events:
             lines.append(f"- {e.get('event', 'co')} at epoch {e.get('co/epoch', e.get('epoch'))} step "
                          f"{e.get('co/step', e.get('step'))}: {e.get('reason', '')}")
-        lines += ["", f"![{name}](plots/{name}.png)", ""]
-        if gradient_images and (r.path / "checkpoints" / "last.pt").is_file():
+        lines += ["", f"![{name}]({PLOTS}/{name}.png)", ""]
+        if gradient_images and RunFolder(r.path).checkpoint("last").is_file():
             try:
                 gradient_figure(r.path, plots / f"{name}-gradients.png", gradient_images, data_dir)
-                lines += [f"![input gradients of {name}](plots/{name}-gradients.png)", ""]
+                lines += [f"![input gradients of {name}]({PLOTS}/{name}-gradients.png)", ""]
             except ConfigError as e:
                 lines += [f"(no gradient figure: {e})", ""]
-    report = out / "report.md"
+    report = out / REPORT
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return report
 

@@ -16,6 +16,9 @@ import yaml
 from .config import Config, apply, validate
 from .errors import ConfigError
 from .registry import did_you_mean
+from .report import build_report
+from .runfolder import RunFolder
+from .train import train
 
 EXPERIMENT_DIR = Path(__file__).parent / "experiments"
 
@@ -87,9 +90,6 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
               only: list[str] | None = None, dry_run: bool = False, data_dir: str | None = None,
               quiet: bool = False) -> Path | None:
     """Train the experiment's runs that are not done yet, then write OUT/report.md."""
-    from .report import build_report
-    from .train import train
-
     runs = plan(name, seeds=seeds, only=only, data_dir=data_dir)
     out = Path(out) if out is not None else Path("runs") / Path(name).stem
     if dry_run:
@@ -99,7 +99,7 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
         return None
     for i, (folder, cfg) in enumerate(runs, 1):
         run_dir = out / folder
-        if (run_dir / "eval.json").is_file():
+        if RunFolder(run_dir).finished:
             continue
         if not quiet:
             print(f"[{i}/{len(runs)}] {folder}", file=sys.stderr, flush=True)

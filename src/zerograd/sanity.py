@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from itertools import pairwise
 
+from .accuracy import robust_flags
 from .data import Split
-from .evaluate import robust_flags
+from .results import attack_title
 
 LARGE_EPS = 0.5  # a perturbation this large can turn any image into a gray one
 LARGE_EPS_MAX_ACC = 0.01
@@ -38,7 +39,7 @@ class Check:
         return asdict(self)
 
 
-def probe_accuracies(model, split: Split, *, eps: float, steps: int = 10, alpha: float = 0.25,
+def check_accuracies(model, split: Split, *, eps: float, steps: int = 10, alpha: float = 0.25,
                      seed: int = 0, batch_size: int = 256) -> dict:
     """The extra attacks the checks need, on the same points: FGSM, PGD-`steps` and
     PGD-2·`steps` from the same random starts (1 restart each), and PGD-`steps` at a large
@@ -65,35 +66,35 @@ def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
 
 
-def sanity_checks(probes: dict, result: dict) -> list[Check]:
-    """Checks from `probe_accuracies` and an evaluation result (`evaluate_path`'s dict, whose
+def sanity_checks(accuracies: dict, result: dict) -> list[Check]:
+    """Checks from `check_accuracies` and an evaluation result (`evaluate_path`'s dict, whose
     "attack" names the main attack). Checks that do not apply to that attack are left out."""
-    k = probes["pgd_steps"]
+    k = accuracies["pgd_steps"]
     attack = result["attack"]
     robust = result["robust_acc"]
     pgd_k, pgd_2k = f"PGD-{k}", f"PGD-{2 * k}"
     checks = []
 
-    pgd_runs = [(pgd_2k, probes["pgd_2x"])]
+    pgd_runs = [(pgd_2k, accuracies["pgd_2x"])]
     main_pgd = None
     if attack["name"] == "pgd":
-        main_pgd = f"PGD-{attack['steps']}-{attack['restarts']}"
+        main_pgd = attack_title(attack)
         pgd_runs.append((main_pgd, robust))
     worst_name, worst = min(pgd_runs, key=lambda t: t[1])
-    checks.append(Check("pgd_not_weaker_than_fgsm", worst <= probes["fgsm"],
-                        f"{worst_name} {_pct(worst)} <= FGSM {_pct(probes['fgsm'])}"))
+    checks.append(Check("pgd_not_weaker_than_fgsm", worst <= accuracies["fgsm"],
+                        f"{worst_name} {_pct(worst)} <= FGSM {_pct(accuracies['fgsm'])}"))
 
-    ladder = [(pgd_k, probes["pgd"]), (pgd_2k, probes["pgd_2x"])]
-    # a main PGD with the probes' seed and step shares its first restart's iterates with them
-    if main_pgd is not None and attack["steps"] >= 2 * k and attack["alpha"] == probes["alpha"] \
-            and result.get("seed") == probes["seed"]:
+    ladder = [(pgd_k, accuracies["pgd"]), (pgd_2k, accuracies["pgd_2x"])]
+    # a main PGD with the acc' seed and step shares its first restart's iterates with them
+    if main_pgd is not None and attack["steps"] >= 2 * k and attack["alpha"] == accuracies["alpha"] \
+            and result.get("seed") == accuracies["seed"]:
         ladder.append((main_pgd, robust))
     ok = all(b[1] <= a[1] for a, b in pairwise(ladder))
     checks.append(Check("more_steps_not_weaker", ok,
                         " >= ".join(f"{n} {_pct(v)}" for n, v in ladder)))
 
     if attack["name"] == "autoattack":
-        pgd_name, pgd_acc = min([(pgd_k, probes["pgd"]), (pgd_2k, probes["pgd_2x"])],
+        pgd_name, pgd_acc = min([(pgd_k, accuracies["pgd"]), (pgd_2k, accuracies["pgd_2x"])],
                                 key=lambda t: t[1])
         checks.append(Check("autoattack_not_weaker_than_pgd", robust <= pgd_acc,
                             f"AutoAttack {_pct(robust)} <= {pgd_name} {_pct(pgd_acc)}"))
@@ -108,9 +109,9 @@ def sanity_checks(probes: dict, result: dict) -> list[Check]:
                 f"({_pct(before)} -> {_pct(result['robust_after']['square'])}; allowed "
                 f"{_pct(SQUARE_MAX_GAIN)})"))
 
-    checks.append(Check("large_eps_breaks_all", probes["pgd_large_eps"] <= LARGE_EPS_MAX_ACC,
-                        f"{pgd_k} at eps={probes['large_eps']:.3f}: "
-                        f"{_pct(probes['pgd_large_eps'])} <= {_pct(LARGE_EPS_MAX_ACC)}"))
+    checks.append(Check("large_eps_breaks_all", accuracies["pgd_large_eps"] <= LARGE_EPS_MAX_ACC,
+                        f"{pgd_k} at eps={accuracies['large_eps']:.3f}: "
+                        f"{_pct(accuracies['pgd_large_eps'])} <= {_pct(LARGE_EPS_MAX_ACC)}"))
     return checks
 
 

@@ -2,7 +2,7 @@
 every iteration."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from .registry import Registry
 
 
 def cyclic(step: int, total: int, lr_max: float, *, peak: float = 0.5) -> float:
@@ -25,8 +25,8 @@ def constant(step: int, total: int, lr_max: float) -> float:
     return lr_max
 
 
-SCHEDULES: dict[str, Callable[..., float]] = {
-    "cyclic": cyclic,
-    "onedrop": onedrop,
-    "constant": constant,
-}
+SCHEDULES: Registry = Registry("schedule", section="schedule_args", fixed=("step", "total", "lr_max"),
+                               rules={"peak": (lambda v: 0 < v <= 1, "in (0, 1] (a fraction of training)"),
+                                      "drop": (lambda v: 0 < v <= 1, "in (0, 1] (a fraction of training)")})
+for _fn in (cyclic, onedrop, constant):
+    SCHEDULES.register(_fn.__name__, _fn)

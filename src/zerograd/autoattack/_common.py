@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import Tensor
 
-from ..attacks import eval_mode  # noqa: F401 (re-exported for the attacks)
 from ..errors import ConfigError
+from ..runtime import eval_mode  # noqa: F401 (re-exported for the attacks)
 
 
 def check_eps(eps) -> float:

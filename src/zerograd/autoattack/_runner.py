@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -14,21 +12,18 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..checkpoint import save_checkpoint
 from ..errors import ConfigError
-from ..registry import did_you_mean, lookup
+from ..registry import Registry, did_you_mean
 from ._apgd import apgd_ce, apgd_dlr, apgd_t
 from ._common import check_data, check_eps, eval_mode, predict, project
 from ._fab import fab, fab_t
 from ._square import square
 
-ATTACKS: dict[str, Callable[..., Tensor]] = {
-    "apgd-ce": apgd_ce,
-    "apgd-dlr": apgd_dlr,
-    "apgd-t": apgd_t,
-    "fab": fab,
-    "fab-t": fab_t,
-    "square": square,
-}
+ATTACKS: Registry = Registry("attack", fixed=("model", "x", "y", "eps", "seed"))
+for _name, _fn in (("apgd-ce", apgd_ce), ("apgd-dlr", apgd_dlr), ("apgd-t", apgd_t), ("fab", fab),
+                   ("fab-t", fab_t), ("square", square)):
+    ATTACKS.register(_name, _fn)
 
 VERSIONS: dict[str, tuple[str, ...]] = {
     "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
@@ -70,22 +65,23 @@ class AutoAttackResult:
 
 def attack_param_names(name: str) -> list[str]:
     """The tunable keyword parameters of an attack (its signature is the schema)."""
-    sig = inspect.signature(ATTACKS[name])
-    return [p for p in sig.parameters if p not in ("model", "x", "y", "eps", "seed")]
+    return list(ATTACKS.params(name))
 
 
 def resolve_plan(version: str, attacks: Sequence[str] | None,
                  attack_params: Mapping[str, Mapping] | None) -> tuple[list[str], dict]:
     """(attack names in order, full keyword parameters per attack), or a ConfigError."""
-    versions = {**VERSIONS, CUSTOM: ()}
-    lookup(versions, version, "AutoAttack version")
+    if version not in VERSIONS and version != CUSTOM:
+        valid = ", ".join([*VERSIONS, CUSTOM])
+        raise ConfigError(f"unknown AutoAttack version {version!r}"
+                          f"{did_you_mean(version, [*VERSIONS, CUSTOM])}; valid: {valid}")
     if version == CUSTOM:
         if not attacks or isinstance(attacks, str):
             raise ConfigError("version='custom' needs attacks=[...], a list of attack names "
                               f"from: {', '.join(sorted(ATTACKS))}")
         names = [n for n in attacks]
         for n in names:
-            lookup(ATTACKS, n, "attack")
+            ATTACKS[n]  # unknown names: one line with did-you-mean
         if len(set(names)) != len(names):
             raise ConfigError(f"attacks lists an attack twice: {names}")
     elif attacks is not None:
@@ -96,8 +92,7 @@ def resolve_plan(version: str, attacks: Sequence[str] | None,
 
     params = {}
     for n in names:
-        sig = inspect.signature(ATTACKS[n]).parameters
-        params[n] = {p: sig[p].default for p in attack_param_names(n)}
+        params[n] = ATTACKS.defaults(n)
         params[n].update(VERSION_PARAMS[version].get(n, {}))
     for n, overrides in (attack_params or {}).items():
         if n not in params:
@@ -120,19 +115,8 @@ def _digest(t: Tensor) -> str:
 
 
 def _save_state(path: Path, state: dict) -> None:
-    """Write atomically: temp file in the same folder, fsync, then os.replace."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable (POSIX)
-        fd = os.open(path.parent, os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """Write atomically, so a kill mid-write leaves the previous state readable."""
+    save_checkpoint(path, state)
 
 
 def _load_state(path: Path, fingerprint: dict) -> dict:

@@ -7,31 +7,38 @@ state_dict carries its own normalization.
 from __future__ import annotations
 
 import functools
-import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..registry import did_you_mean, lookup
+from ..registry import Registry
 from .preact_resnet import preact_resnet18
 from .small import mlp, one_layer_cnn, small_cnn
 from .wide_resnet import wide_resnet
 
 __all__ = ["MODELS", "Normalize", "build_model", "check_model_args", "model_params"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "preact_resnet18": preact_resnet18,
-    "wide_resnet": wide_resnet,
-    # A named preset of wide_resnet (its arguments can still be overridden).
-    "wrn34_10": functools.partial(wide_resnet, depth=34, widen_factor=10),
-    "small_cnn": small_cnn,
-    "one_layer_cnn": one_layer_cnn,
-    "mlp": mlp,
-}
 
-_DATA_ARGS = ("num_classes", "in_channels")
+def _check_model(name: str, args: dict) -> None:
+    """Types follow the defaults; structural constraints (e.g. WRN depth = 6n+4) are raised
+    by the constructor itself, run on the meta device (no weights allocated)."""
+    for key, value in args.items():
+        _check_value(f"model_args.{key}", value, MODELS.defaults(name)[key])
+    with torch.device("meta"):
+        MODELS[name](num_classes=2, in_channels=1, **args)
+
+
+MODELS: Registry = Registry("model", section="model_args", fixed=("num_classes", "in_channels"),
+                            check=_check_model)
+MODELS.register("preact_resnet18", preact_resnet18)
+MODELS.register("wide_resnet", wide_resnet)
+# A named preset of wide_resnet (its arguments can still be overridden).
+MODELS.register("wrn34_10", functools.partial(wide_resnet, depth=34, widen_factor=10))
+MODELS.register("small_cnn", small_cnn)
+MODELS.register("one_layer_cnn", one_layer_cnn)
+MODELS.register("mlp", mlp)
 
 
 class Normalize(nn.Module):
@@ -55,24 +62,12 @@ def _per_channel(values) -> torch.Tensor:
 
 def model_params(name: str) -> dict[str, object]:
     """The model's hyperparameters and their defaults, read from its constructor."""
-    signature = inspect.signature(lookup(MODELS, name, "model"))
-    return {key: p.default for key, p in signature.parameters.items()
-            if key not in _DATA_ARGS and p.default is not inspect.Parameter.empty}
+    return MODELS.defaults(name)
 
 
 def check_model_args(name: str, args: dict) -> None:
     """Raise ConfigError for an unknown model or argument, or a bad value, before any work."""
-    constructor = lookup(MODELS, name, "model")
-    params = model_params(name)
-    for key, value in args.items():
-        if key not in params:
-            raise ConfigError(f"model {name!r} has no argument {key!r}"
-                              f"{did_you_mean(key, params)}; valid: {', '.join(params) or 'none'}")
-        _check_value(f"model {name!r}: {key}", value, params[key])
-    # Structural constraints (e.g. WRN depth = 6n+4) are raised by the constructor itself;
-    # building on the meta device runs them without allocating or initialising weights.
-    with torch.device("meta"):
-        constructor(num_classes=2, in_channels=1, **args)
+    MODELS.check(name, args)
 
 
 def _check_value(what: str, value, default) -> None:

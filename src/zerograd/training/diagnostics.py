@@ -1,9 +1,9 @@
-"""Catastrophic-overfitting (CO) diagnostics: training-loop callbacks that measure, while a
+"""Catastrophic-overfitting (CO) diagnostics: training-loop hooks that measure, while a
 model trains, the quantities Golgooni et al. plot and tabulate to explain CO.
 
-Cheap ones are on by default: the weight-update size of each epoch (Fig. 1), the norms of
-the training perturbations (Table 4) and FGSM accuracy on the validation split (so the
-FGSM-PGD gap of CO is visible). The probe measures run on one fixed batch of training
+Cheap ones are on by default: the weight-update size of each epoch (Fig. 1) and the norms of
+the training perturbations (Table 4); FGSM accuracy on the validation split (so the FGSM-PGD
+gap of CO is visible) is measured with the validation. The probe measures run on one fixed batch of training
 images, at each epoch's end and every `every` steps if asked, and are off unless `probe > 0`:
 perturbation change between consecutive probes (Fig. 2), sign disagreement with PGD-10
 (Table 10), gradient alignment (GradAlign's cosine) and the fraction of entries ZeroGrad or
@@ -12,65 +12,15 @@ are restored afterwards, so a run is bitwise the same with or without diagnostic
 """
 from __future__ import annotations
 
-import contextlib
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import to_float
-from .errors import ConfigError
-from .evaluate import robust_flags
-from .perturb import fgsm_rs, input_grad, pgd, random_start, zero_small, zerograd
-
-
-@dataclass
-class DiagnosticsOptions:
-    """The `diagnostics` config section (e.g. `--set diagnostics.probe=256`)."""
-
-    weights: bool = True  # weight-update size per epoch, per layer and overall (Fig. 1)
-    norms: bool = True  # mean l1/l2/linf x255 of the training perturbations (Table 4)
-    fgsm_val: bool = True  # FGSM accuracy on the validation split
-    probe: int = 0  # size of the fixed probe batch; 0 turns the probe measures off
-    every: int = 0  # also probe every k steps (0: at epoch ends only)
-    compare_alpha: float = 2.0  # step (units of eps) of the FGSM-RS comparisons of Fig. 2
-    compare_q: float = 0.35  # fraction zeroed by the "FGSM-RS with small gradients zeroed"
-    pgd_steps: int = 10  # the PGD reference of the sign disagreement (Table 10)
-
-    def check(self, cfg) -> None:
-        for name in ("probe", "every"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"diagnostics.{name}={getattr(self, name)} is invalid: must be >= 0")
-        if self.compare_alpha <= 0:
-            raise ConfigError(f"diagnostics.compare_alpha={self.compare_alpha} is invalid: "
-                              "must be > 0 (a multiple of eps)")
-        if not 0 <= self.compare_q < 1:
-            raise ConfigError(f"diagnostics.compare_q={self.compare_q} is invalid: must be in [0, 1)")
-        if self.pgd_steps < 1:
-            raise ConfigError(f"diagnostics.pgd_steps={self.pgd_steps} is invalid: must be >= 1")
-        if self.every and not self.probe:
-            raise ConfigError(f"diagnostics.every={self.every} needs a probe batch: "
-                              "set diagnostics.probe to its size (e.g. 256)")
-
-
-# --------------------------------------------------------------------------- measuring quietly
-
-
-@contextlib.contextmanager
-def isolated(model: torch.nn.Module, device: torch.device, seed: int):
-    """Run measurements seeded with `seed` and leave no trace: the global RNG (CPU and the
-    model's device) and every buffer (batch-norm running statistics) are restored."""
-    buffers = [b.detach().clone() for b in model.buffers()]
-    devices = [] if device.type == "cpu" else [device.index or 0]
-    with torch.random.fork_rng(devices=devices, device_type=device.type if devices else "cuda"):
-        torch.manual_seed(seed)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for b, saved in zip(model.buffers(), buffers):
-                    b.copy_(saved)
+from ..data import to_float
+from ..methods import METHODS, input_grad, random_start, zeroed_fraction
+from ..options import DiagnosticsOptions
+from ..runtime import isolated
+from .events import Hook
 
 
 def weight_update(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[str, float]:
@@ -107,27 +57,14 @@ def gradient_alignment(model, x: Tensor, y: Tensor, eps: float) -> float:
     return F.cosine_similarity(g0, g1, dim=1).mean().item()
 
 
-def zeroed_fraction(model, x: Tensor, y: Tensor, method: str, eps: float, args: dict,
-                    delta: Tensor) -> float | None:
-    """Fraction of input entries whose step the method zeroed: for ZeroGrad, entries below
-    the q-quantile of |grad| at a random start; for MultiGrad, entries without a sign
-    agreement, i.e. delta == 0 where x is strictly inside (0, 1). None for other methods."""
-    if method == "zerograd":
-        q = args.get("q", 0.35)
-        g = input_grad(model, x, y, random_start(x, eps))
-        return (zero_small(g, q) == 0).float().mean().item()
-    if method == "multigrad":
-        inside = (x > 0) & (x < 1)
-        return ((delta == 0) & inside).float().sum().item() / max(inside.sum().item(), 1)
-    return None
+# --------------------------------------------------------------------------- hooks
 
 
-# --------------------------------------------------------------------------- callbacks
-
-
-class WeightUpdate:
+class WeightUpdate(Hook):
     """Weight-update size of each epoch (the weights at its start vs at its end). A lazy
     layer's weights do not exist before the first forward pass; its first epoch is skipped."""
+
+    acts_on = ()
 
     def on_epoch_start(self, state) -> None:
         self.before = {k: p.detach().clone() for k, p in state.model.named_parameters()
@@ -138,8 +75,10 @@ class WeightUpdate:
         return weight_update(self.before, after)
 
 
-class PerturbationNorms:
+class PerturbationNorms(Hook):
     """Mean per-sample l1, l2, l_inf (x255) of the training perturbations of an epoch."""
+
+    acts_on = ()
 
     def on_epoch_start(self, state) -> None:
         self.sums: dict[str, torch.Tensor] = {}
@@ -147,30 +86,22 @@ class PerturbationNorms:
 
     def on_step(self, state) -> None:
         # sums stay on the device (no host sync per step); read once per epoch
-        for k, v in perturbation_norms(state.delta).items():
+        delta = state.batch.delta
+        for k, v in perturbation_norms(delta).items():
             self.sums[k] = self.sums.get(k, 0.0) + v.detach().float().sum()
-        self.n += len(state.delta)
+        self.n += len(delta)
 
     def on_epoch(self, state) -> dict:
         return {f"diag/delta_{k}": float(v) / max(self.n, 1) for k, v in self.sums.items()}
 
 
-class ValFGSM:
-    """FGSM accuracy (step eps from the clean point) on the validation split."""
-
-    def on_epoch(self, state) -> dict:
-        if len(state.data.val) == 0:
-            return {}
-        _, robust = robust_flags(state.model, state.data.val, "fgsm", eps=state.cfg.eps,
-                                 batch_size=max(state.cfg.batch_size, 256))
-        return {"val/fgsm_acc": robust.float().mean().item()}
-
-
-class Probe:
+class Probe(Hook):
     """The probe measures on a fixed batch of training images (no augmentation), with the
     model in training mode as the training attack sees it. Perturbation change ('delta_mse',
     in (1/255)^2 units) compares each probe with the previous one at the same cadence
     (epoch ends, or every k steps); a rollback starts the comparison afresh."""
+
+    acts_on = ()
 
     def __init__(self, options: DiagnosticsOptions):
         self.opt = options
@@ -201,15 +132,15 @@ class Probe:
         model.train()
         with isolated(model, state.device, cfg.seed):
             deltas = {
-                "": state.attack(model, x, y),
-                "/fgsm_rs": fgsm_rs(model, x, y, eps=eps, alpha=self.opt.compare_alpha),
-                "/zeroed": zerograd(model, x, y, eps=eps, alpha=self.opt.compare_alpha,
-                                    q=self.opt.compare_q),
+                "": state.method(model, x, y),
+                "/fgsm_rs": METHODS["fgsm_rs"](model, x, y, eps=eps, alpha=self.opt.compare_alpha),
+                "/zeroed": METHODS["zerograd"](model, x, y, eps=eps, alpha=self.opt.compare_alpha,
+                                               q=self.opt.compare_q),
             }
-            reference = pgd(model, x, y, eps=eps, alpha=0.25, steps=self.opt.pgd_steps)
+            reference = METHODS["pgd"](model, x, y, eps=eps, alpha=0.25, steps=self.opt.pgd_steps)
             out = {"diag/sign_disagree": sign_disagreement(deltas[""], reference),
                    "diag/grad_cosine": gradient_alignment(model, x, y, eps)}
-            zeroed = zeroed_fraction(model, x, y, cfg.method, eps, cfg.method_args, deltas[""])
+            zeroed = zeroed_fraction(cfg.method, model, x, y, deltas[""], eps=eps, **cfg.method_args)
         model.train(was_training)
         if zeroed is not None:
             out["diag/zeroed_frac"] = zeroed
@@ -221,22 +152,14 @@ class Probe:
         return out
 
 
-def callbacks_for(cfg) -> list:
-    """The diagnostics and the CO guard a config asks for, in the order they must run
-    (the guard reads the validation FGSM accuracy measured before it)."""
-    from .guard import Guard, GuardOptions
-
-    opt = DiagnosticsOptions(**cfg.diagnostics)
-    found: list = []
-    if opt.weights:
+def diagnostics_for(options: DiagnosticsOptions) -> list[Hook]:
+    """The diagnostic hooks an options section asks for (validation FGSM accuracy is measured
+    by the validation itself: see training/validation.py)."""
+    found: list[Hook] = []
+    if options.weights:
         found.append(WeightUpdate())
-    if opt.norms:
+    if options.norms:
         found.append(PerturbationNorms())
-    if opt.fgsm_val:
-        found.append(ValFGSM())
-    if opt.probe:
-        found.append(Probe(opt))
-    guard = GuardOptions(**cfg.guard)
-    if guard.enabled:
-        found.append(Guard(guard))
+    if options.probe:
+        found.append(Probe(options))
     return found

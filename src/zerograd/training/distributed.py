@@ -4,7 +4,7 @@ environment). A single process gets the same object with world_size 1, so the lo
 code path.
 
 How a step is split: every rank draws the same global batch (the epoch's order comes from
-`epoch_generator(seed, epoch)`) and takes its contiguous slice. Random starts are drawn for
+`runtime.epoch_generator(seed, epoch)`) and takes its contiguous slice. Random starts are drawn for
 the whole batch in rank order and each rank keeps its slice (`Shard.noise`), so ranks get
 distinct starts and, on CPU, exactly the starts one process would draw. The attack runs on
 the plain module (input gradients need no synchronisation); the loss's forward/backward runs
@@ -24,10 +24,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .data import Split
-from .errors import ConfigError
-from .evaluate import eval_mode, robust_flags
-from .perturb import agreed_direction, noise_source, sign_step, sign_votes
+from ..accuracy import robust_flags
+from ..data import Split
+from ..errors import ConfigError
+from ..methods import METHODS, noise_source, vote_sharing
+from ..runtime import eval_mode, forked_rng, resolve_device
+
+
+def whole_batch(x: Tensor, y: Tensor) -> Shard:
+    """A single process's shard: the whole batch."""
+    return Shard(x, y, [len(y)], 0, (0, len(y)), len(y), 1)
 
 
 def part_sizes(n: int, parts: int) -> list[int]:
@@ -48,6 +54,16 @@ class Shard:
     part: tuple[int, int]
     total: int  # global batch size
     world_size: int
+    sharing: contextlib.AbstractContextManager | None = None  # MultiGrad's starts over a group
+
+    def context(self) -> contextlib.ExitStack:
+        """The context the step's attack runs in: this shard's noise and, with
+        multigrad_ranks > 1, MultiGrad's sign votes shared over the group."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.noise())
+        if self.sharing is not None:
+            stack.enter_context(self.sharing)
+        return stack
 
     def noise(self) -> contextlib.AbstractContextManager:
         """Random starts inside draw the whole batch's noise, shard by shard, and keep this
@@ -106,7 +122,7 @@ class Parallel:
         small to give each rank a sample."""
         n = len(y)
         if self.world_size == 1:
-            return Shard(x, y, [n], 0, (0, n), n, 1)
+            return whole_batch(x, y)
         if n < self.world_size:
             return None
         sizes = part_sizes(n, self.world_size // self.spread)
@@ -115,17 +131,16 @@ class Parallel:
         sub = part_sizes(sizes[index], self.spread)
         plo = sum(sub[:self.rank % self.spread])
         return Shard(x[lo:lo + sizes[index]], y[lo:lo + sizes[index]], sizes, index,
-                     (plo, plo + sub[self.rank % self.spread]), n, self.world_size)
+                     (plo, plo + sub[self.rank % self.spread]), n, self.world_size,
+                     self.vote_sharing() if self.spread > 1 else None)
 
-    def multigrad(self, model, x: Tensor, y: Tensor, *, eps: float, alpha: float = 1.0, n: int = 3,
-                  agree: int | None = None, chunk: int | None = None) -> Tensor:
-        """`perturb.multigrad` with the n starts spread over this rank's group: each rank
-        computes every spread-th start's gradient signs, the votes are summed over the group
-        (integers, exact), so the delta equals the single-process one."""
+    def vote_sharing(self) -> contextlib.AbstractContextManager:
+        """MultiGrad's n starts spread over this rank's group: each rank computes every
+        spread-th start's gradient signs and the votes are summed over the group (integers,
+        exact), so the delta equals the single-process one."""
         me = self.rank % self.spread
-        votes = sign_votes(model, x, y, eps=eps, n=n, chunk=chunk, mine=lambda i: i % self.spread == me)
-        dist.all_reduce(votes, group=self.group)
-        return sign_step(x, torch.zeros_like(x), agreed_direction(votes, n, agree), alpha * eps, eps)
+        return vote_sharing(lambda i: i % self.spread == me,
+                            lambda votes: dist.all_reduce(votes, group=self.group))
 
     # ------------------------------------------------------------------ model
 
@@ -150,8 +165,7 @@ class Parallel:
     def robust_flags(self, model, split: Split, attack: str, **kw) -> tuple[Tensor, Tensor]:
         """`evaluate.robust_flags` on this rank's contiguous slice of the split, gathered in
         order. Runs on a forked RNG so that evaluation never shifts the training's noise."""
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with forked_rng(self.device):
             if self.world_size == 1:
                 return robust_flags(model, split, attack, **kw)
             sizes = part_sizes(len(split), self.world_size)
@@ -174,7 +188,7 @@ class Parallel:
         return t.tolist()
 
     def agree(self, value):
-        """Rank 0's value on every rank (callbacks' actions must be the same everywhere)."""
+        """Rank 0's value on every rank (hooks' actions must be the same everywhere)."""
         if self.world_size == 1:
             return value
         box = [value]
@@ -222,8 +236,6 @@ def launched_world_size() -> int:
 def setup(cfg) -> Parallel:
     """Join the process group torchrun describes (or stay a single process); checks the
     distributed settings first, so a bad value fails on every rank before any work."""
-    from .train import resolve_device
-
     world = launched_world_size()
     spread = cfg.multigrad_ranks
     if world == 1:
@@ -246,7 +258,7 @@ def setup(cfg) -> Parallel:
     if cfg.sync_bn and device.type != "cuda":
         raise ConfigError("sync_bn=true needs CUDA devices (torch's SyncBatchNorm refuses CPU tensors); "
                           "use sync_bn=false on cpu")
-    if cfg.sync_bn and spread > 1 and cfg.method_args.get("n", 3) % spread:
+    if cfg.sync_bn and spread > 1 and {**METHODS.defaults(cfg.method), **cfg.method_args}["n"] % spread:
         raise ConfigError(f"sync_bn=true with multigrad_ranks={spread} needs method_args.n divisible by "
                           f"{spread} (every rank must run as many synchronised passes)")
     owns = not dist.is_initialized()

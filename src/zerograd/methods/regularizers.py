@@ -1,14 +1,15 @@
-"""Regularizers added to the training loss by the loop."""
+"""Regularizers: loss terms the training objective adds to the loss on the perturbed batch,
+each `term(model, x, y, *, eps, **hparams) -> scalar`."""
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .perturb import random_start
+from .primitives import random_start
 
 
-def grad_align(model, x: Tensor, y: Tensor, *, eps: float, lam: float) -> Tensor:
+def grad_align(model, x: Tensor, y: Tensor, *, eps: float, lam: float = 0.2) -> Tensor:
     """GradAlign (Andriushchenko & Flammarion 2020): lam * (1 - mean cosine) between the
     input gradients at x and at a uniform random point of the eps-ball. Differentiable in
     the weights (double backpropagation)."""

@@ -1,0 +1,91 @@
+"""Files that survive a crash: atomic writes (temp file, fsync, rename), JSON and JSON-lines
+with one rule for a torn line, and SHA-256 of a file's bytes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from contextlib import suppress
+from pathlib import Path
+
+from .errors import StorageError
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write bytes so that `path` holds either its old content or the new, never a mix. A
+    failed write (full disk, read-only folder) is one line saying the old file is intact."""
+    path = Path(path)
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
+        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            kept = "its previous version is intact" if path.exists() else "nothing was written"
+            raise StorageError(f"cannot write {str(path)!r}: {e.strerror or e}; {kept}") from None
+        raise
+    with suppress(OSError):  # make the rename itself durable (POSIX)
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def is_temp_file(path: Path) -> bool:
+    """A leftover of an interrupted `atomic_write` (.NAME.XXXX.tmp)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def jsonable(value):
+    """JSON has no NaN or infinity: NaN becomes null, +-inf the string 'inf' / '-inf'."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def write_json(path: str | Path, obj: dict) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def json_line(record: dict) -> str:
+    """One JSON-lines record (non-finite floats as in `jsonable`), newline included."""
+    return json.dumps({k: jsonable(v) for k, v in record.items()}) + "\n"
+
+
+def read_jsonl(path: str | Path) -> tuple[list[dict], list[str]]:
+    """(records, their raw lines) of a JSON-lines file, up to its first line that is not a
+    JSON object. Lines are only ever appended, so a crash can tear the last one only: nothing
+    after a torn line is trusted. A missing file has no records."""
+    path = Path(path)
+    records, lines = [], []
+    if not path.is_file():
+        return records, lines
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if not isinstance(record, dict):
+            break
+        records.append(record)
+        lines.append(line)
+    return records, lines
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,325 @@
+"""The run folder, zerograd's unit of output, and the only module that knows its file names:
+
+    RUN/config.yaml          the resolved config, with versions and device
+    RUN/metrics.jsonl        one flushed JSON object per line (epochs, diagnostics, events)
+    RUN/checkpoints/         last.pt, best.pt, epoch-N.pt
+    RUN/eval.json            the end-of-training test evaluation (its presence: the run is done)
+    RUN/evals/               one results file per `zerograd eval`
+    RUN/export/              `zerograd export`
+    RUN/tensorboard/         TensorBoard events mirroring metrics.jsonl (optional)
+    REPORT/report.md, REPORT/plots/   `zerograd report`
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from .checkpoint import load_checkpoint, load_weights
+from .config import (
+    FIELDS,
+    Config,
+    apply,
+    from_yaml_dict,
+    load_config,
+    model_for,
+    parse_override,
+    to_yaml,
+    validate,
+)
+from .errors import ConfigError
+from .files import atomic_write, is_temp_file, json_line, read_jsonl, sha256_file, write_json
+
+CONFIG = "config.yaml"
+METRICS = "metrics.jsonl"
+RESULT = "eval.json"
+CHECKPOINTS = "checkpoints"
+EVALS = "evals"
+EXPORT = "export"
+TENSORBOARD = "tensorboard"
+REPORT = "report.md"
+PLOTS = "plots"
+# Keys a resumed run may change: where the data lives and which device runs it.
+MAY_DIFFER = ("data_dir", "device")
+
+
+class RunFolder:
+    """Paths and reads/writes of one run folder (which need not exist yet)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ------------------------------------------------------------------ paths
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def result_file(self) -> Path:
+        return self.path / RESULT
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def evals(self) -> Path:
+        return self.path / EVALS
+
+    @property
+    def export(self) -> Path:
+        return self.path / EXPORT
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / TENSORBOARD
+
+    def checkpoint(self, which: str | int) -> Path:
+        """checkpoints/last.pt, best.pt, or epoch-N.pt for an integer N."""
+        return self.checkpoints / (f"epoch-{which}.pt" if isinstance(which, int) else f"{which}.pt")
+
+    def exists(self) -> bool:
+        """A zerograd run folder: it has a config.yaml or a metrics.jsonl."""
+        return self.path.is_dir() and (self.config_file.is_file() or self.metrics_file.is_file())
+
+    @property
+    def finished(self) -> bool:
+        return self.result_file.is_file()
+
+    # ------------------------------------------------------------------ writing
+
+    def prepare(self, *, force: bool = False, resume: bool = False) -> None:
+        """Check that the folder may be written (before any work) and create it. A non-empty
+        folder is refused unless resuming or forced."""
+        path = self.path
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"output {str(path)!r} exists and is not a folder")
+        if path.is_dir() and any(path.iterdir()) and not (force or resume):
+            raise ConfigError(f"output folder {str(path)!r} is not empty; choose another --out, "
+                              "resume it with --resume, or pass --force to overwrite")
+        try:
+            self.checkpoints.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output folder {str(path)!r}: {e.strerror}") from None
+        try:  # a real write, not os.access: that one is wrong for root, ACLs and read-only mounts
+            with tempfile.TemporaryFile(dir=self.checkpoints):
+                pass
+        except OSError as e:
+            raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror}") from None
+
+    def start(self, cfg: Config, facts: dict) -> None:
+        """A fresh (or forced) run: no result, an empty metrics log, the resolved config."""
+        self.result_file.unlink(missing_ok=True)
+        self.keep_metrics(0)
+        atomic_write(self.config_file, to_yaml(cfg, facts).encode())
+
+    def remove_temp_files(self) -> None:
+        """Delete the temp files of atomic writes that a kill interrupted."""
+        for folder in (self.path, self.checkpoints):
+            for path in folder.glob(".*.tmp"):
+                if is_temp_file(path):
+                    path.unlink(missing_ok=True)
+
+    def write_result(self, result: dict) -> None:
+        write_json(self.result_file, result)
+
+    def open_metrics(self, tensorboard: bool = False) -> MetricsLog:
+        return MetricsLog(self.metrics_file, self.tensorboard if tensorboard else None)
+
+    # ------------------------------------------------------------------ reading
+
+    def read_metrics(self) -> list[dict]:
+        """Every record of metrics.jsonl before its first torn line (see files.read_jsonl)."""
+        return read_jsonl(self.metrics_file)[0]
+
+    def keep_metrics(self, records: int) -> list[dict]:
+        """Keep the first `records` complete lines of metrics.jsonl (those a checkpoint
+        covers), atomically; returns them parsed."""
+        kept, lines = read_jsonl(self.metrics_file)
+        kept, lines = kept[:records], lines[:records]
+        if self.metrics_file.is_file() or records:
+            atomic_write(self.metrics_file, "".join(line + "\n" for line in lines).encode())
+        return kept
+
+    def read_config_dict(self) -> dict:
+        """config.yaml as a mapping (YAML safe_load), or a ConfigError naming the file."""
+        path = self.config_file
+        if not path.is_file():
+            raise ConfigError(f"{str(self.path)!r} is not a zerograd run folder (no {CONFIG})")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{str(path)!r} is not a zerograd config (expected a mapping of keys)")
+        return data
+
+    def read_config(self) -> Config:
+        """The Config recorded in config.yaml, checked like any other config."""
+        data = self.read_config_dict()
+        return validate(apply(Config(), {k: v for k, v in data.items() if k in FIELDS}, source=CONFIG))
+
+    def result_files(self) -> list[Path]:
+        """eval.json and every evals/*.json that exist."""
+        return [f for f in [self.result_file, *sorted(self.evals.glob("*.json"))] if f.is_file()]
+
+
+def require_tensorboard() -> None:
+    """tensorboard=true needs the tensorboard package; checked before anything is written."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "tensorboard=true needs the tensorboard package: pip install 'zerograd[tensorboard]'"
+        ) from None
+
+
+class MetricsLog:
+    """Appends one JSON object per line, flushed so a crash loses at most the current line;
+    mirrors scalar values to TensorBoard when asked."""
+
+    def __init__(self, path: Path, tensorboard_dir: Path | None = None):
+        self._tb = None
+        if tensorboard_dir is not None:
+            require_tensorboard()
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(str(tensorboard_dir))
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+
+    def write(self, record: dict) -> None:
+        self._file.write(json_line(record))
+        self._file.flush()
+        if self._tb is not None:
+            step = record.get("step", 0)
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and "/" in key:
+                    self._tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def run_folder_of(ckpt_path: str | Path) -> RunFolder | None:
+    """The run folder holding a checkpoint (RUN/checkpoints/X.pt with RUN/config.yaml), else None."""
+    ckpt_path = Path(ckpt_path)
+    run = RunFolder(ckpt_path.parent.parent)
+    if ckpt_path.parent.name == CHECKPOINTS and run.config_file.is_file():
+        return run
+    return None
+
+
+def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
+    """A run folder or a checkpoint file -> the checkpoint file to load."""
+    path = Path(path)
+    if path.is_dir():
+        ckpt = RunFolder(path).checkpoint(which)
+        if not ckpt.is_file():
+            raise ConfigError(f"{str(path)!r} has no {CHECKPOINTS}/{which}.pt: is it a zerograd run folder?")
+        return ckpt
+    if not path.exists():
+        raise ConfigError(f"{str(path)!r} does not exist: give a run folder or a checkpoint file")
+    return path
+
+
+def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=None):
+    """(model, config, checkpoint path, checkpoint dict) from a run folder or checkpoint,
+    loaded as data only."""
+    ckpt_path = resolve_checkpoint(path, which)
+    state = load_checkpoint(ckpt_path, map_location=device)
+    if not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} is not a zerograd checkpoint (no model/config)")
+    cfg = from_yaml_dict(state["config"])
+    if data_dir is not None:
+        cfg.data_dir = str(data_dir)
+    model = model_for(cfg).to(device)
+    load_weights(model, state["model"], ckpt_path)
+    return model, cfg, ckpt_path, state
+
+
+def load_model(path, which: str = "last", *, device="cpu", data_dir=None):
+    """(model, config, checkpoint path) from a run folder or checkpoint, loaded as data only."""
+    return load_checkpoint_model(path, which, device=device, data_dir=data_dir)[:3]
+
+
+def checkpoint_facts(ckpt_path: str | Path, state: dict, cfg: Config) -> dict:
+    """Which checkpoint was evaluated: path, SHA-256, kind (last, best, epoch-N or file), the
+    epoch it was saved at and, for best, how it was chosen."""
+    ckpt_path = Path(ckpt_path)
+    kind = ckpt_path.stem if run_folder_of(ckpt_path) is not None else "file"
+    facts = {
+        "checkpoint": str(ckpt_path),
+        "checkpoint_sha256": sha256_file(ckpt_path),
+        "checkpoint_kind": kind,
+        "checkpoint_epoch": state.get("epoch"),
+        "best_selected_by": None,
+    }
+    if kind == "best":
+        facts["best_selected_by"] = (
+            f"highest val/pgd_acc over epochs: PGD-{cfg.val_pgd_steps} (alpha {cfg.val_alpha} eps, "
+            f"1 restart) on {cfg.val_size} validation images held out from the training set; "
+            f"value {state.get('best_val_pgd')}")
+    return facts
+
+
+def results_path(ckpt_path: str | Path, label: str, n: int, eps_tag: str = "") -> Path:
+    """RUN/evals/<label>-<checkpoint>-n<N>.json for a checkpoint in a run folder, else
+    <checkpoint stem>.<label>-n<N>.json beside the checkpoint file."""
+    ckpt_path = Path(ckpt_path)
+    run = run_folder_of(ckpt_path)
+    if run is not None:
+        return run.evals / f"{label}{eps_tag}-{ckpt_path.stem}-n{n}.json"
+    return ckpt_path.with_name(f"{ckpt_path.stem}.{label}{eps_tag}-n{n}.json")
+
+
+def export_folder(ckpt_path: str | Path) -> Path:
+    """RUN/export for a checkpoint in a run folder, else <checkpoint stem>-export beside it."""
+    ckpt_path = Path(ckpt_path)
+    run = run_folder_of(ckpt_path)
+    return run.export if run is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def differences(a: Config, b: Config, ignore=MAY_DIFFER) -> list[str]:
+    """'key: a != b' for every config key (outside `ignore`) on which a and b disagree."""
+    da, db = a.to_dict(), b.to_dict()
+    return [f"{k}: {da[k]!r} != {db[k]!r}" for k in da if k not in ignore and da[k] != db[k]]
+
+
+def resume_config(run_dir: str | Path, preset: str | None = None, overrides=(),
+                  data_dir: str | None = None) -> Config:
+    """The config to resume `run_dir` with. A preset or overrides must reproduce the recorded
+    config (they cannot change a half-finished run); data_dir may point elsewhere."""
+    run = RunFolder(run_dir)
+    if not run.path.is_dir():
+        raise ConfigError(f"--resume {str(run_dir)!r}: no such run folder")
+    if not run.config_file.is_file():
+        raise ConfigError(f"--resume {str(run_dir)!r} is not a zerograd run folder (no {CONFIG})")
+    cfg = run.read_config()
+    if preset or overrides:  # overrides apply on top of the preset if given, else of the run
+        given = load_config(preset, list(overrides)) if preset else cfg
+        for text in [] if preset else overrides:
+            given = validate(apply(given, parse_override(text), source="--set"))
+        diff = differences(cfg, given)
+        if diff:
+            raise ConfigError(f"--resume {str(run_dir)!r}: the given config differs from the run's "
+                              f"{CONFIG} ({'; '.join(diff)[:300]}); resume without --preset/--set")
+    if data_dir:
+        cfg = apply(cfg, {"data_dir": str(data_dir)})
+    return cfg

@@ -1,0 +1,169 @@
+"""The training loop: `fit` runs epochs of steps, fires the named events (events.py) and carries
+out the actions hooks answer. It knows no method (the objective binds one) and no diagnostic
+(hooks measure); it only trains, validates, records and checkpoints."""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from ..config import apply, validate
+from ..data import batches
+from ..runfolder import MetricsLog
+from ..runtime import epoch_generator
+from .events import AFTER_BACKWARD, EPOCH_END, EPOCH_START, STEP_END, Hooks, Rollback, Stop
+from .objective import Objective
+from .state import TrainState
+from .validation import validation_metrics
+
+# which counter a rollback raises, by its event name
+COUNTERS = {"rollback": "rollbacks", "nonfinite": "nan_rollbacks"}
+
+
+class History(list):
+    """Every record of the run in order, mirrored to metrics.jsonl when a log is given and
+    shown by `echo` (the application's console) when one is given."""
+
+    def __init__(self, records: Iterable[dict] = (), log: MetricsLog | None = None,
+                 echo: Callable[[dict], None] | None = None):
+        super().__init__(records)
+        self.log, self.echo = log, echo
+
+    def emit(self, record: dict) -> None:
+        self.append(record)
+        if self.log is not None:
+            self.log.write(record)
+        if self.echo is not None:
+            self.echo(record)
+
+
+@dataclass
+class Totals:
+    """Running sums of an epoch's training loss and accuracy; they stay on the device, so
+    a GPU is not synchronised with the host at every step."""
+
+    loss: torch.Tensor | float = 0.0
+    correct: torch.Tensor | float = 0.0
+    seen: int = 0
+
+    def add(self, batch) -> None:
+        self.loss = self.loss + batch.loss.detach() * len(batch.y)
+        self.correct = self.correct + (batch.logits.argmax(1) == batch.y).sum()
+        self.seen += len(batch.y)
+
+    def metrics(self, state: TrainState) -> dict:
+        loss, correct, seen = state.par.sum(self.loss, self.correct, self.seen)
+        return {"train/loss": float(loss) / max(seen, 1), "train/acc": float(correct) / max(seen, 1)}
+
+
+def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
+    return iterable
+
+
+def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
+        progress: Callable[[Iterable, int, str], Iterable] = no_progress) -> Stop | None:
+    """Train from state.epoch to cfg.epochs; returns the Stop that ended training, if any."""
+    stop = None
+    while state.epoch < state.cfg.epochs and not state.done:
+        state.epoch += 1
+        state.model.train()
+        hooks.fire(EPOCH_START, state)
+        started, totals, action, refused = time.perf_counter(), Totals(), None, False
+        for shard in progress(shards(state), state.steps_per_epoch, f"epoch {state.epoch}"):
+            state.set_lr()
+            state.batch, action = objective.step(shard, after_backward=partial(check_update, state, hooks))
+            if action is not None:  # the update was refused: no step was taken
+                refused = True
+                break
+            state.step += 1
+            totals.add(state.batch)
+            fired = hooks.fire(STEP_END, state)
+            if fired.metrics:
+                history.emit({"epoch": state.epoch, "step": state.step, **fired.metrics})
+            if (action := fired.action) is not None:
+                break
+        state.batch = None
+        if isinstance(action, Rollback):
+            roll_back(state, action, objective, hooks, history)
+            continue
+        if isinstance(action, Stop):
+            stop = announce(state, action, history)
+            if refused:
+                break
+        metrics = {"epoch": state.epoch, "step": state.step, "lr": state.lr, **totals.metrics(state),
+                   "time/epoch_s": time.perf_counter() - started, **validation_metrics(state)}
+        state.metrics = metrics
+        fired = hooks.fire(EPOCH_END, state)
+        metrics.update(fired.metrics)
+        state.metrics = {}
+        history.emit(metrics)
+        if isinstance(fired.action, Stop) and stop is None:
+            stop = announce(state, fired.action, history)
+        save_epoch(state, metrics.get("val/pgd_acc", -1.0), hooks, history)
+        if isinstance(fired.action, Rollback) and stop is None:
+            roll_back(state, fired.action, objective, hooks, history)
+    return stop
+
+
+def check_update(state: TrainState, hooks: Hooks, batch) -> Rollback | Stop | None:
+    """AFTER_BACKWARD: the hooks may refuse the update this batch's gradients would make."""
+    state.batch = batch
+    return hooks.fire(AFTER_BACKWARD, state).action
+
+
+def shards(state: TrainState) -> Iterator:
+    """This process's part of each global batch of the epoch (order and augmentation depend
+    only on seed and epoch)."""
+    augment = state.data.info.augment if state.cfg.augment is None else state.cfg.augment
+    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True, augment=augment,
+                        generator=epoch_generator(state.cfg.seed, state.epoch)):
+        shard = state.par.split(x, y)
+        if shard is not None:
+            yield shard
+
+
+def announce(state: TrainState, stop: Stop, history: History) -> Stop:
+    """Log a Stop and mark training as done (checkpoints written from here on say so)."""
+    history.emit({"event": stop.event, "epoch": state.epoch, "step": state.step, "reason": stop.reason,
+                  **stop.info})
+    state.done = True
+    return stop
+
+
+def save_epoch(state: TrainState, score: float, hooks: Hooks, history: History) -> None:
+    """The epoch's checkpoints: epoch-N (for rolling back), best (by validation PGD accuracy,
+    never the test split) and last (the resume point)."""
+    improved = score > state.best
+    state.best = max(state.best, score)
+    ckpt = state.checkpoint(hooks.state_dict(), len(history))
+    if state.cfg.keep_epoch_checkpoints:
+        state.checkpoints.save(state.epoch, ckpt)
+    if improved or not state.checkpoints.has("best"):
+        state.checkpoints.save("best", ckpt)
+    state.checkpoints.save("last", ckpt)
+
+
+def roll_back(state: TrainState, action: Rollback, objective: Objective, hooks: Hooks,
+              history: History) -> None:
+    """The one place a rollback happens (CO or a non-finite step): reload the checkpoint of
+    `action.epoch` (None: the last resume point), apply the new method arguments and learning
+    rate factor, log it, and save the new resume point."""
+    state.par.barrier()  # rank 0 has written the checkpoint the others read
+    epoch, step = state.epoch, state.step
+    ckpt, source = state.checkpoints.load("last" if action.epoch is None else action.epoch)
+    state.load_weights(ckpt, source)
+    if action.method_args:
+        state.cfg = validate(apply(state.cfg, {"method_args": {**state.cfg.method_args, **action.method_args}}))
+        objective.rebind(state.cfg)
+        state.method = objective.method
+    state.lr_scale *= action.lr_factor
+    counter = COUNTERS.get(action.event, "rollbacks")
+    setattr(state, counter, getattr(state, counter) + 1)
+    history.emit({"event": action.event, "epoch": epoch, "step": step, "reason": action.reason,
+                  **action.info, "to_epoch": state.epoch, "to_step": state.step,
+                  "method_args": dict(state.cfg.method_args), "lr_scale": state.lr_scale,
+                  counter: getattr(state, counter)})
+    state.checkpoints.save("last", state.checkpoint(hooks.state_dict(), len(history)))
