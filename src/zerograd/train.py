@@ -22,7 +22,7 @@ from .runtime import environment, seed_everything
 from .schedules import SCHEDULES
 from .training.diagnostics import diagnostics_for
 from .training.distributed import check_resume, setup
-from .training.events import Hook, Hooks, Stop
+from .training.events import Hook, Hooks, Stop, check_hooks
 from .training.guard import Guard
 from .training.loop import History, fit, no_progress
 from .training.nanguard import NanGuard
@@ -69,6 +69,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
+    check_hooks(callbacks)
     if resume and out is None:
         raise ConfigError("resume=True needs the run folder to resume as `out`")
     par = setup(cfg)  # torchrun's process group, or a single process
@@ -102,7 +103,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                        par=par, schedule=schedule, checkpoints=CheckpointStore(run, par.is_main, device),
                        steps_per_epoch=steps_per_epoch)
     history = History(echo=None if quiet else print_epoch_line)
-    hooks = Hooks([*hooks_for(cfg, objective), *callbacks], agree=par.agree, emit=history.emit)
+    hooks = Hooks([*hooks_for(cfg, objective), *callbacks], from_main=par.from_main, emit=history.emit)
 
     log = None
     if run is not None and par.is_main:  # every rank reads the run folder; rank 0 writes it

@@ -187,7 +187,7 @@ class Parallel:
         dist.all_reduce(t)
         return t.tolist()
 
-    def agree(self, value):
+    def from_main(self, value):
         """Rank 0's value on every rank (hooks' actions must be the same everywhere)."""
         if self.world_size == 1:
             return value

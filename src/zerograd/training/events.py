@@ -94,14 +94,11 @@ class Fired:
 class Hooks:
     """The run's hooks, called in order at each event."""
 
-    def __init__(self, hooks: Sequence[Hook], agree: Callable[[object], object] = lambda a: a,
+    def __init__(self, hooks: Sequence[Hook], from_main: Callable[[object], object] = lambda a: a,
                  emit: Callable[[dict], None] = lambda record: None):
-        for h in hooks:
-            if not isinstance(h, Hook):
-                raise ConfigError(f"callback {type(h).__name__} is not a zerograd.Hook: subclass it "
-                                  "and override on_step / on_epoch / ...")
+        check_hooks(hooks)
         self.hooks = list(hooks)
-        self.agree = agree  # the action every process carries out (rank 0's)
+        self.from_main = from_main  # the action every process carries out: rank 0's
         self.emit = emit
         self.acting = {e for h in self.hooks for e in h.acts_on}
 
@@ -116,7 +113,7 @@ class Hooks:
                 actions.append(answer)
         action = None
         if event in self.acting:  # one collective per event that may have an action
-            action = self.agree(resolve(actions, state, self.emit))
+            action = self.from_main(resolve(actions, state, self.emit))
         return Fired(metrics, action)
 
     def state_dict(self) -> dict:
@@ -141,6 +138,14 @@ class Hooks:
             seen[name] = seen.get(name, 0) + 1
             keys.append(name if seen[name] == 1 else f"{name}#{seen[name]}")
         return keys
+
+
+def check_hooks(hooks: Sequence[object]) -> None:
+    """ConfigError unless every entry is a Hook (checked before a run does any work)."""
+    for h in hooks:
+        if not isinstance(h, Hook):
+            raise ConfigError(f"callback {type(h).__name__} is not a zerograd.Hook: subclass it "
+                              "and override on_step / on_epoch / ...")
 
 
 def resolve(actions: list[Action], state, emit: Callable[[dict], None]) -> Action | None:
