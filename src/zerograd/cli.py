@@ -19,6 +19,7 @@ from .reproduce import reproduce
 from .results import attack_title
 from .runfolder import resume_config
 from .sanity import format_checks
+from .selftest import main as run_selftest
 from .train import train
 
 
@@ -117,6 +118,10 @@ def _report(args) -> int:
     return 0
 
 
+def _selftest(args) -> int:
+    return run_selftest(args.device, compile_model=args.compile, distributed=not args.no_distributed)
+
+
 def _reproduce(args) -> int:
     reproduce(args.name, args.out, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
               data_dir=args.data_dir, quiet=args.quiet)
@@ -194,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
     p.add_argument("--data-dir")
     p.set_defaults(func=_report)
+
+    p = sub.add_parser("selftest", help="one step of every method in each precision and layout this "
+                       "device supports, compared with float32, and a two-process DDP check")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--compile", action="store_true", help="also check torch.compile (slow on a CPU)")
+    p.add_argument("--no-distributed", action="store_true", help="skip the two-process check")
+    p.set_defaults(func=_selftest)
 
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
     p.add_argument("name", help="experiment name (e.g. cpu-co)")
