@@ -51,8 +51,8 @@ class Config:
     augment: bool | None = None  # None: the dataset's default
     data_dir: str | None = None
     device: str = "auto"
-    amp: bool = True  # mixed precision (see amp_dtype)
-    amp_dtype: str = "auto"  # auto: bf16 (else fp16) on CUDA only; bf16: also on CPU; fp16: CUDA
+    amp: bool = False  # mixed precision (opt-in: the paper trains in float32, its section 4.4)
+    amp_dtype: str = "auto"  # with amp: bf16 (else fp16) on CUDA only; bf16: also on CPU; fp16: CUDA
     channels_last: bool = True  # used on CUDA only
     compile: bool = False  # torch.compile the model (in place)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, several processes)
