@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .data import DATASETS
+from .data import DATASETS, PAD_MODES
 from .errors import ConfigError
 from .methods import METHODS
 from .models import MODELS, build_model
@@ -38,6 +38,9 @@ class Config:
     method_args: dict = field(default_factory=dict)
     model_args: dict = field(default_factory=dict)
     grad_align: float = 0.0  # GradAlign lambda; 0 turns it off
+    grad_align_backprop_clean: bool = False  # also through the clean gradient (the reference detaches it)
+    eps_ramp_epochs: int = 0  # the training eps grows linearly from 0 over these first epochs
+    alpha_ramp_epochs: int = 0  # the training step alpha grows linearly from 0 over these epochs
     clip_grad_norm: float | None = None  # weight-gradient norm clipping (paper, Appendix C.5)
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -49,6 +52,11 @@ class Config:
     val_alpha: float = 0.25
     train_subset: int | None = None
     augment: bool | None = None  # None: the dataset's default
+    pad_mode: str = "zeros"  # the random crop's 4-pixel padding: zeros or reflect
+    flip: bool = True  # random horizontal flips (with augment)
+    rotate: float = 0.0  # random rotation by up to this many degrees (with augment; 0: none)
+    mean: list | None = None  # per-channel normalization inside the model (None: the dataset's)
+    std: list | None = None
     data_dir: str | None = None
     device: str = "auto"
     amp: bool = False  # mixed precision (opt-in: the paper trains in float32, its section 4.4)
@@ -138,6 +146,10 @@ def coerce(value, annotation, name: str):
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{name}={value!r} has the wrong type: expected a mapping")
+    if kind == "list":
+        if isinstance(value, (list, tuple)):
+            return [parse_number(v, f"{name}[{i}]", float) for i, v in enumerate(value)]
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected a list (e.g. [0.5, 0.5, 0.5])")
     return value
 
 
@@ -293,7 +305,19 @@ def validate(cfg: Config) -> Config:
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
     _require(cfg.nan_max_rollbacks >= 0, f"nan_max_rollbacks={cfg.nan_max_rollbacks} is invalid: must be >= 0")
-    DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
+    _require(cfg.pad_mode in PAD_MODES,
+             f"pad_mode={cfg.pad_mode!r} is invalid: must be one of {', '.join(PAD_MODES)}")
+    _require(0 <= cfg.rotate <= 180, f"rotate={cfg.rotate} is invalid: must be in [0, 180] (degrees)")
+    for name in ("eps_ramp_epochs", "alpha_ramp_epochs"):
+        _require(0 <= getattr(cfg, name) <= cfg.epochs,
+                 f"{name}={getattr(cfg, name)} is invalid: must be in [0, epochs={cfg.epochs}] (0: no ramp)")
+    info = DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
+    for name in ("mean", "std"):
+        values = getattr(cfg, name)
+        _require(values is None or len(values) == info.shape[0],
+                 f"{name}={values} is invalid: {cfg.dataset} needs {info.shape[0]} values "
+                 f"(one per channel) or null (the dataset's)")
+    _require(cfg.std is None or all(v > 0 for v in cfg.std), f"std={cfg.std} is invalid: must be > 0")
 
     nested = {}
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
@@ -342,8 +366,21 @@ def from_yaml_dict(data: dict) -> Config:
     return validate(apply(Config(), known))
 
 
+def normalization(cfg: Config) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the model normalizes with: cfg's, else the dataset's."""
+    info = DATASETS[cfg.dataset]
+    return list(cfg.mean or info.mean), list(cfg.std or info.std)
+
+
+def augmentation(cfg: Config) -> dict:
+    """The training batches' augmentation arguments of `data.batches`."""
+    augment = DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment
+    return {"augment": augment, "pad_mode": cfg.pad_mode, "flip": cfg.flip, "rotate": cfg.rotate}
+
+
 def model_for(cfg: Config) -> nn.Module:
     """The network cfg names, shaped and normalized for cfg's dataset (on the CPU)."""
     info = DATASETS[cfg.dataset]
+    mean, std = normalization(cfg)
     return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
-                       mean=info.mean, std=info.std, **cfg.model_args)
+                       mean=mean, std=std, **cfg.model_args)
