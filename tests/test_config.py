@@ -27,12 +27,12 @@ def test_every_preset_validates_and_paper_values_hold():
         "zerograd", {"q": 0.35, "alpha": 2.0}, 30, 0.2, "cyclic")
     assert abs(z.eps - 8 / 255) < 1e-12
     m = load_config("cifar10-multigrad")
-    assert m.method_args == {"n": 3, "alpha": 1.0}  # q of the base preset is not inherited
+    assert m.method_args == {"n": 3, "alpha": 1.0, "chunk": 1}  # q of the base preset is not inherited
     assert load_config("cifar100-zerograd").method_args["q"] == 0.45
     s = load_config("svhn-zerograd")
     assert (s.epochs, s.lr_max, s.final_checkpoint, s.method_args["q"]) == (15, 0.01, "best", 0.7)
     w = load_config("cifar10-wrn-zerograd")
-    assert (w.model_args, w.schedule, w.epochs) == ({"depth": 34, "widen_factor": 10}, "onedrop", 52)
+    assert (w.model_args, w.schedule, w.epochs) == ({"depth": 34, "widen_factor": 10, "dropout": 0.0}, "onedrop", 52)
 
 
 def test_overrides_are_parsed_and_coerced():

@@ -211,9 +211,24 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def read_preset(name: str, _seen: tuple = ()) -> dict:
-    """A preset by name (or a path to a YAML file) as a mapping; a `base:` key names a preset
-    whose keys it starts from."""
+REFERENCE_KEYS = ("reproduces", "reported", "sources", "differences")
+
+
+def read_preset(name: str) -> dict:
+    """A preset by name (or a path to a YAML file) as a mapping of config keys; a `base:` key
+    names a preset whose keys it starts from. Its `reference:` metadata is left out (see
+    `preset_reference`)."""
+    return _read_preset(name)[0]
+
+
+def preset_reference(name: str) -> dict:
+    """A preset's `reference:` metadata for the docs: what it reproduces, the reported
+    numbers, and the mappings `sources` and `differences`, merged along the `base:` chain
+    (a key set to null drops the base's entry)."""
+    return _read_preset(name)[1]
+
+
+def _read_preset(name: str, _seen: tuple = ()) -> tuple[dict, dict]:
     path = Path(name)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         path = PRESET_DIR / f"{name}.yaml"
@@ -228,12 +243,16 @@ def read_preset(name: str, _seen: tuple = ()) -> dict:
         raise ConfigError(f"preset {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {str(path)!r} must be a mapping of config keys")
+    reference = data.pop("reference", None) or {}
+    if not isinstance(reference, dict) or set(reference) - set(REFERENCE_KEYS):
+        raise ConfigError(f"preset {str(path)!r}: reference must be a mapping with keys "
+                          f"{', '.join(REFERENCE_KEYS)}")
     base = data.pop("base", None)
     if base is None:
-        return data
+        return data, _merge_reference({}, reference)
     if len(_seen) > 10 or base in _seen:
         raise ConfigError(f"preset {name!r}: 'base' chain loops through {base!r}")
-    merged = read_preset(str(base), _seen + (name,))
+    merged, base_reference = _read_preset(str(base), _seen + (name,))
     for owner, section in OWNED.items():  # another method/model/schedule: drop the base's args
         if owner in data and data[owner] != merged.get(owner):
             merged.pop(section, None)
@@ -242,6 +261,15 @@ def read_preset(name: str, _seen: tuple = ()) -> dict:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
+    return merged, _merge_reference(base_reference, reference)
+
+
+def _merge_reference(base: dict, own: dict) -> dict:
+    """`sources` and `differences` are inherited and updated; the rest is the preset's own."""
+    merged = {k: own[k] for k in ("reproduces", "reported") if k in own}
+    for key in ("sources", "differences"):
+        items = {**base.get(key, {}), **(own.get(key) or {})}
+        merged[key] = {k: v for k, v in items.items() if v is not None}
     return merged
 
 
