@@ -1,7 +1,8 @@
 """Training perturbations: the contract every entry of METHODS obeys (ball, [0, 1], detached,
 no weight gradients, mode unchanged, seeded repeatability) and equivalences with references
 (fast quantile vs torch.quantile, ZeroGrad q=0 vs FGSM-RS, PGD-1 vs FGSM, MultiGrad N=1,
-PGD's known optimum on a linear model)."""
+PGD's known optimum on a linear model); GradAlign against its reference (clean gradient
+detached)."""
 import pytest
 import torch
 import torch.nn.functional as F
