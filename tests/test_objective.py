@@ -4,7 +4,7 @@ that end to end) and the step that uses it."""
 import pytest
 import torch
 
-from zerograd import load_config
+from zerograd import load_config, train
 from zerograd.methods import METHODS
 from zerograd.models import build_model
 from zerograd.training.objective import Objective, ramp
@@ -41,3 +41,11 @@ def test_the_step_perturbs_with_the_ramped_eps_and_alpha(sets, step, eps, alpha)
     assert torch.equal(objective.method_at(None)(model, x, y), METHODS["fgsm"](model, x, y, eps=EPS))
     batch, _ = objective.step(x=x, y=y, step=step)
     assert torch.equal(batch.delta, got)
+
+
+def test_the_loop_passes_the_step_so_a_ramp_changes_training():
+    sets = ["epochs=1", "model_args.width=4", "train_subset=256", "val_size=50", "test_n=20",
+            "test_restarts=1", "test_pgd_steps=1", "val_pgd_steps=1", "device=cpu"]
+    plain, ramped = (train(load_config("quickstart", sets + extra), quiet=True)
+                     for extra in ([], ["eps_ramp_epochs=1"]))
+    assert not torch.equal(next(plain.model.parameters()), next(ramped.model.parameters()))
