@@ -434,22 +434,24 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str =
     dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
     dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
     flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
-    i = torch.arange(h).view(1, h, 1).expand(b, h, w)  # output pixel (i, j) of the crop
-    j = torch.arange(w).view(1, 1, w).expand(b, h, w)
-    inside = torch.ones(b, h, w, dtype=torch.bool)
+    i = torch.arange(h).view(1, h, 1)  # output pixel (i, j) of the crop; rows and columns
+    j = torch.arange(w).view(1, 1, w)  # stay separable (broadcast) unless rotated
+    inside = None  # where the output reads an image pixel, not the zero fill (None: everywhere)
     if rotate > 0:
-        i, j, inside = _rotated_source(i, j, (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64)
-                                              * 2 - 1) * rotate)
+        angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
+        i, j, inside = _rotated_source(i.expand(b, h, w), j.expand(b, h, w), angles)
     j = torch.where(flipped, w - 1 - j, j)  # flipping the crop = reading its columns backwards
     rows, cols = i + dy - PAD, j + dx - PAD  # in the unpadded image
     if pad_mode == "reflect":
         rows, cols = _reflect(rows, h), _reflect(cols, w)
     else:
-        inside &= (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        inside = valid if inside is None else inside & valid
     dev = x.device
     batch = torch.arange(b, device=dev)[:, None, None]
     out = x.permute(0, 2, 3, 1)[batch, rows.clamp(0, h - 1).to(dev), cols.clamp(0, w - 1).to(dev)]
-    out = out * inside.to(dev)[..., None].to(out.dtype)  # (b, h, w, C); zeros outside the image
+    if inside is not None:  # (b, h, w, C): zero outside the image
+        out = out * inside.to(dev)[..., None].to(out.dtype)
     return out.permute(0, 3, 1, 2).contiguous()
 
 
