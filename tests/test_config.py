@@ -2,7 +2,17 @@
 parses, and every invalid value is a one-line ConfigError naming the value."""
 import pytest
 
-from zerograd.config import Config, apply, load_config, parse_override, preset_names, validate
+from zerograd.config import (
+    Config,
+    apply,
+    augmentation,
+    load_config,
+    model_for,
+    normalization,
+    parse_override,
+    preset_names,
+    validate,
+)
 from zerograd.errors import ConfigError
 
 
@@ -17,12 +27,12 @@ def test_every_preset_validates_and_paper_values_hold():
         "zerograd", {"q": 0.35, "alpha": 2.0}, 30, 0.2, "cyclic")
     assert abs(z.eps - 8 / 255) < 1e-12
     m = load_config("cifar10-multigrad")
-    assert m.method_args == {"n": 3, "alpha": 1.0}  # q of the base preset is not inherited
+    assert m.method_args == {"n": 3, "alpha": 1.0, "chunk": 1}  # q of the base preset is not inherited
     assert load_config("cifar100-zerograd").method_args["q"] == 0.45
     s = load_config("svhn-zerograd")
     assert (s.epochs, s.lr_max, s.final_checkpoint, s.method_args["q"]) == (15, 0.01, "best", 0.7)
     w = load_config("cifar10-wrn-zerograd")
-    assert (w.model_args, w.schedule, w.epochs) == ({"depth": 34, "widen_factor": 10}, "onedrop", 52)
+    assert (w.model_args, w.schedule, w.epochs) == ({"depth": 34, "widen_factor": 10, "dropout": 0.0}, "onedrop", 52)
 
 
 def test_overrides_are_parsed_and_coerced():
@@ -53,6 +63,18 @@ def test_overrides_are_parsed_and_coerced():
     ("schedule=cyclc", "did you mean 'cyclic'"),
     ("seed=x", "seed='x' has the wrong type"),
     ("amp=maybe", "amp='maybe' has the wrong type"),
+    ("pad_mode=wrap", "pad_mode='wrap' is invalid: must be one of zeros, reflect"),
+    ("rotate=200", "rotate=200.0 is invalid: must be in [0, 180]"),
+    ("rotate=x", "rotate='x' has the wrong type"),
+    ("flip=2", "flip=2 has the wrong type"),
+    ("eps_ramp_epochs=-1", "eps_ramp_epochs=-1 is invalid: must be >= 0 (0: no ramp)"),
+    ("alpha_ramp_epochs=-2", "alpha_ramp_epochs=-2 is invalid"),
+    ("alpha_ramp_epochs=1.5", "alpha_ramp_epochs=1.5 has the wrong type"),
+    ("grad_align_backprop_clean=2", "grad_align_backprop_clean=2 has the wrong type"),
+    ("mean=[0.5,0.5,0.5]", "mean=[0.5, 0.5, 0.5] is invalid: digits needs 1 values"),
+    ("mean=0.5", "mean=0.5 has the wrong type: expected a list"),
+    ("std=[a]", "std[0]='a' has the wrong type"),
+    ("std=[0]", "std=[0.0] is invalid: must be > 0"),
     ("lr_max=-1", "lr_max=-1.0 is invalid"),
     ("eps", "is not of the form key=value"),
     ("epochs.x=1", "'epochs' has no sub-keys"),
@@ -74,3 +96,19 @@ def test_multigrad_n_must_be_positive_and_unknown_preset_suggests():
 def test_validate_returns_coerced_nested_values():
     cfg = validate(apply(Config(), {"method": "multigrad", "method_args": {"n": 2.0}}))
     assert cfg.method_args["n"] == 2 and isinstance(cfg.method_args["n"], int)
+
+
+def test_normalization_override_reaches_the_model_and_defaults_to_the_dataset():
+    cfg = load_config("quickstart")
+    assert normalization(cfg) == ([0.3054], [0.3757]) and cfg.mean is None
+    cfg = load_config("quickstart", ["mean=[0.5]", "std=[0.25]"])
+    norm = model_for(cfg)[0]
+    assert norm.mean.flatten().tolist() == [0.5] and norm.std.flatten().tolist() == [0.25]
+    assert (cfg.mean, cfg.std) == ([0.5], [0.25])  # recorded in the run's config.yaml as given
+
+
+def test_augmentation_keys_follow_the_dataset_default():
+    assert augmentation(load_config("quickstart")) == {"augment": False, "pad_mode": "zeros", "flip": True,
+                                                       "rotate": 0.0}
+    cfg = load_config("quickstart", ["augment=true", "pad_mode=reflect", "flip=false", "rotate=15"])
+    assert augmentation(cfg) == {"augment": True, "pad_mode": "reflect", "flip": False, "rotate": 15.0}

@@ -368,3 +368,75 @@ def test_safe_extract_refuses_links(tmp_path):
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     with pytest.raises(ConfigError, match="link or device"):
         D._safe_extract(_tar_with(tmp_path / "bad.tar.gz", link), tmp_path / "dest")
+
+
+def _crops_and_flips(x_aug: torch.Tensor, original: torch.Tensor, padded: torch.Tensor) -> set:
+    """The (dy, dx, flip) each augmented image is a crop of `padded` with; asserts one exists."""
+    h, w = original.shape[-2:]
+    pad = (padded.shape[-1] - w) // 2
+    used = set()
+    for i in range(len(x_aug)):
+        matches = {(dy, dx, flip) for dy in range(2 * pad + 1) for dx in range(2 * pad + 1)
+                   for flip in (False, True)
+                   if torch.equal(x_aug[i], padded[i, :, dy:dy + h, dx:dx + w].flip(-1) if flip
+                                  else padded[i, :, dy:dy + h, dx:dx + w])}
+        assert matches, f"augmented image {i} is not a padded crop/flip of the original"
+        used |= matches
+    return used
+
+
+def test_reflect_padding_crops_a_reflected_copy_with_the_same_draws():
+    split, n = _index_split(64), 64
+    x = D.to_float(split.x)
+
+    def run(**kw):
+        g = torch.Generator().manual_seed(0)
+        return next(batches(split, n, shuffle=False, augment=True, generator=g, **kw))[0]
+
+    reflect = run(pad_mode="reflect")
+    used = _crops_and_flips(reflect, x, torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect"))
+    assert {f for _, _, f in used} == {False, True}
+    assert (reflect == 0).float().mean() < 0.05 < (run() == 0).float().mean()  # no zero border
+    inner = run()[..., 2:-2, 2:-2] == reflect[..., 2:-2, 2:-2]  # same offsets and flips drawn
+    assert inner.float().mean() > 0.5
+
+
+def test_flip_off_never_flips():
+    split = _index_split(64)
+    x = D.to_float(split.x)
+    g = torch.Generator().manual_seed(0)
+    (x_aug, _), = batches(split, 64, shuffle=False, augment=True, generator=g, flip=False)
+    used = _crops_and_flips(x_aug, x, torch.nn.functional.pad(x, (4, 4, 4, 4)))
+    assert {f for _, _, f in used} == {False}
+
+
+def test_rotation_source_of_a_quarter_turn_is_rot90_counter_clockwise():
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.uint8).reshape(2, 3, 5, 5)
+    i = torch.arange(5).view(1, 5, 1).expand(2, 5, 5)
+    j = torch.arange(5).view(1, 1, 5).expand(2, 5, 5)
+    for degrees, k in ((90.0, 1), (-90.0, -1), (0.0, 0)):
+        si, sj, inside = D._rotated_source(i, j, torch.full((2, 1, 1), degrees, dtype=torch.float64))
+        assert bool(inside.all())
+        out = x.permute(0, 2, 3, 1)[torch.arange(2)[:, None, None], si, sj].permute(0, 3, 1, 2)
+        assert torch.equal(out, torch.rot90(x, k, dims=(-2, -1)))
+
+
+def test_rotation_is_repeatable_moves_pixels_and_fills_zeros():
+    split = _index_split(32)
+
+    def run(seed, **kw):
+        g = torch.Generator().manual_seed(seed)
+        return next(batches(split, 32, shuffle=False, augment=True, generator=g, **kw))[0]
+
+    rotated = run(0, rotate=15.0)
+    assert torch.equal(rotated, run(0, rotate=15.0)) and not torch.equal(rotated, run(1, rotate=15.0))
+    plain = run(0)
+    assert not torch.equal(rotated, plain)
+    # nearest-pixel rotation: every value is a pixel of the image or the zero fill
+    for a, img in zip(rotated, D.to_float(split.x)):
+        assert set(a.unique().tolist()) <= set(img.unique().tolist()) | {0.0}
+
+
+def test_bad_pad_mode_is_refused():
+    with pytest.raises(ConfigError, match="pad_mode='wrap' is invalid: must be one of zeros, reflect"):
+        next(batches(_index_split(4), 4, shuffle=False, augment=True, pad_mode="wrap"))

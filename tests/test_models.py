@@ -107,7 +107,7 @@ def test_small_cnn_batch_norm_switch():
 
 
 @pytest.mark.parametrize("name,expected", [
-    ("preact_resnet18", {"width": 64}),
+    ("preact_resnet18", {"width": 64, "shortcut": "input"}),
     ("wide_resnet", {"depth": 34, "widen_factor": 10, "dropout": 0.0}),
     ("wrn34_10", {"depth": 34, "widen_factor": 10, "dropout": 0.0}),
     ("small_cnn", {"width": 32, "batch_norm": True}),
@@ -148,3 +148,40 @@ def test_check_model_args_errors(name, args, message):
 def test_build_model_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         build_model("small_cnn", **{"num_classes": 10, **kwargs})
+
+
+def _block_by_hand(block, x, shortcut_input):
+    out = block.conv1(F.relu(block.bn1(x)))
+    out = block.conv2(F.relu(block.bn2(out)))
+    return out + block.shortcut(shortcut_input)
+
+
+@pytest.mark.parametrize("shortcut", ["input", "activated"])
+def test_preact_shortcut_conv_sees_the_raw_or_the_activated_input(shortcut):
+    torch.manual_seed(0)
+    net = MODELS["preact_resnet18"](num_classes=5, in_channels=3, width=8, shortcut=shortcut).eval()
+    block = net.layers[1][0]  # the first block of stage 2 has a 1x1 conv shortcut
+    for bn in (block.bn1, block.bn2):  # non-trivial statistics, so relu(bn1(x)) differs from x
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+    x = torch.randn(2, 8, 16, 16)
+    fed = x if shortcut == "input" else F.relu(block.bn1(x))
+    assert torch.allclose(block(x), _block_by_hand(block, x, fed), atol=1e-6)
+    assert not torch.allclose(block(x), _block_by_hand(block, x, F.relu(block.bn1(x)) if shortcut == "input" else x))
+
+
+def test_preact_default_shortcut_is_the_input_one_with_the_same_weights():
+    """Older checkpoints do not record `shortcut`: the default must compute what they trained."""
+    torch.manual_seed(0)
+    default = MODELS["preact_resnet18"](num_classes=5, in_channels=3, width=8)
+    paper = MODELS["preact_resnet18"](num_classes=5, in_channels=3, width=8, shortcut="activated")
+    paper.load_state_dict(default.state_dict())  # same parameters and buffers
+    raw = MODELS["preact_resnet18"](num_classes=5, in_channels=3, width=8, shortcut="input")
+    raw.load_state_dict(default.state_dict())
+    x = torch.rand(3, 3, 16, 16)
+    assert torch.equal(default(x), raw(x)) and not torch.allclose(default(x), paper(x))
+
+
+def test_preact_bad_shortcut_is_refused():
+    with pytest.raises(ConfigError, match="model_args.shortcut='raw' is invalid: must be one of input, activated"):
+        check_model_args("preact_resnet18", {"shortcut": "raw"})

@@ -1,14 +1,17 @@
 """Training perturbations: the contract every entry of METHODS obeys (ball, [0, 1], detached,
 no weight gradients, mode unchanged, seeded repeatability) and equivalences with references
 (fast quantile vs torch.quantile, ZeroGrad q=0 vs FGSM-RS, PGD-1 vs FGSM, MultiGrad N=1,
-PGD's known optimum on a linear model)."""
+PGD's known optimum on a linear model); GradAlign against its reference (clean gradient
+detached)."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from zerograd.errors import ConfigError
 from zerograd.methods import (
     METHODS,
     delta_bound,
+    grad_align,
     input_grad,
     project,
     quantile_threshold,
@@ -158,3 +161,29 @@ def test_hyperparameter_schema_and_errors():
         METHODS.check("multigrad", {"n": 0})
     with pytest.raises(ConfigError, match="agree=1"):
         METHODS.check("multigrad", {"n": 3, "agree": 1})
+
+
+def _weight_grads(model, loss):
+    return torch.autograd.grad(loss, list(model.parameters()), retain_graph=True)
+
+
+def test_grad_align_detaches_the_clean_gradient_like_the_reference(tiny_cnn):
+    """GradAlign's train.py:162 detaches the clean gradient; only the random point's input
+    gradient carries the weights' graph. The full double backward stays as an option."""
+    x, y = batch()
+    torch.manual_seed(1)
+    default = grad_align(tiny_cnn, x, y, eps=EPS, lam=0.5)
+    torch.manual_seed(1)
+    both = grad_align(tiny_cnn, x, y, eps=EPS, lam=0.5, backprop_clean=True)
+    torch.manual_seed(1)
+    d = random_start(x, EPS)
+    clean = input_grad(tiny_cnn, x, y, torch.zeros_like(x)).detach()
+    d.requires_grad_(True)
+    (rand,) = torch.autograd.grad(F.cross_entropy(tiny_cnn(x + d), y), d, create_graph=True)
+    reference = 0.5 * (1 - F.cosine_similarity(clean.flatten(1), rand.flatten(1), dim=1).mean())
+    assert torch.allclose(default, reference) and torch.allclose(both, reference)
+    for a, b in zip(_weight_grads(tiny_cnn, default), _weight_grads(tiny_cnn, reference)):
+        assert torch.allclose(a, b, atol=1e-6)
+    differ = [not torch.allclose(a, b, atol=1e-6) for a, b in
+              zip(_weight_grads(tiny_cnn, default), _weight_grads(tiny_cnn, both))]
+    assert any(differ)

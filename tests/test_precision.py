@@ -60,7 +60,7 @@ def test_multigrad_votes_under_autocast_are_exact_float32_counts(tiny_cnn):
 def test_bf16_training_on_cpu_learns_and_differs_from_float32():
     sets = ["epochs=4", "model_args.width=8", "test_restarts=1", "test_pgd_steps=5", "val_size=100",
             "test_n=200", "device=cpu"]
-    bf16 = train(load_config("quickstart", sets + ["amp_dtype=bf16"]), quiet=True)
+    bf16 = train(load_config("quickstart", sets + ["amp=true", "amp_dtype=bf16"]), quiet=True)
     fp32 = train(load_config("quickstart", sets), quiet=True)
     losses = [m["train/loss"] for m in bf16.history if "train/loss" in m]
     assert losses[-1] < losses[0] and bf16.result["clean_acc"] > 0.5  # chance is 0.1

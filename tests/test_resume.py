@@ -110,6 +110,7 @@ def test_rng_states_survive_a_weights_only_round_trip(tmp_path):
     ([], lambda: [Counter()], STEPS_PER_EPOCH + 11),  # mid-epoch 2
     (["method=multigrad"], lambda: [Counter()], 5),  # mid-epoch 1: resumes from the start point
     (["method_args.q=0.2"], lambda: [RollbackOnce(), Counter()], 3 * STEPS_PER_EPOCH - 4),  # after a rollback
+    (["eps_ramp_epochs=2", "alpha_ramp_epochs=3"], lambda: [Counter()], STEPS_PER_EPOCH + 7),  # mid-ramp
 ])
 def test_crash_and_resume_equals_an_uninterrupted_run(tmp_path, extra, callbacks, crash_step):
     cfg = load_config("quickstart", SETS + extra)

@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 
 from .bench import run_bench
-from .config import load_config, preset_names, read_preset
+from .catalog import preset_lines, presets_markdown
+from .config import load_config
 from .errors import ConfigError, ZerogradError
 from .evaluate import evaluate_path
 from .export import export_model
@@ -90,8 +91,7 @@ def _methods(args) -> int:
 
 
 def _presets(args) -> int:
-    for name in preset_names():
-        print(f"{name:<28} {read_preset(name).get('description', '')}")
+    print(presets_markdown() if args.markdown else "\n".join(preset_lines()) + "\n", end="")
     return 0
 
 
@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="training methods and their default hyperparameters")
     p.set_defaults(func=_methods)
     p = sub.add_parser("presets", help="available presets")
+    p.add_argument("--markdown", action="store_true",
+                   help="print docs/presets.md: each preset's sources, reported numbers and differences")
     p.set_defaults(func=_presets)
 
     p = sub.add_parser("bench", help="time one training step of each method side by side")

@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .data import DATASETS
+from .data import DATASETS, PAD_MODES
 from .errors import ConfigError
 from .methods import METHODS
 from .models import MODELS, build_model
@@ -38,6 +38,9 @@ class Config:
     method_args: dict = field(default_factory=dict)
     model_args: dict = field(default_factory=dict)
     grad_align: float = 0.0  # GradAlign lambda; 0 turns it off
+    grad_align_backprop_clean: bool = False  # also through the clean gradient (the reference detaches it)
+    eps_ramp_epochs: int = 0  # the training eps grows linearly from 0 over these first epochs
+    alpha_ramp_epochs: int = 0  # the training step alpha grows linearly from 0 over these epochs
     clip_grad_norm: float | None = None  # weight-gradient norm clipping (paper, Appendix C.5)
     optimizer: str = "sgd"
     momentum: float = 0.9
@@ -49,10 +52,15 @@ class Config:
     val_alpha: float = 0.25
     train_subset: int | None = None
     augment: bool | None = None  # None: the dataset's default
+    pad_mode: str = "zeros"  # the random crop's 4-pixel padding: zeros or reflect
+    flip: bool = True  # random horizontal flips (with augment)
+    rotate: float = 0.0  # random rotation by up to this many degrees (with augment; 0: none)
+    mean: list | None = None  # per-channel normalization inside the model (None: the dataset's)
+    std: list | None = None
     data_dir: str | None = None
     device: str = "auto"
-    amp: bool = True  # mixed precision (see amp_dtype)
-    amp_dtype: str = "auto"  # auto: bf16 (else fp16) on CUDA only; bf16: also on CPU; fp16: CUDA
+    amp: bool = False  # mixed precision (opt-in: the paper trains in float32, its section 4.4)
+    amp_dtype: str = "auto"  # with amp: bf16 (else fp16) on CUDA only; bf16: also on CPU; fp16: CUDA
     channels_last: bool = True  # used on CUDA only
     compile: bool = False  # torch.compile the model (in place)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA, several processes)
@@ -138,6 +146,10 @@ def coerce(value, annotation, name: str):
         if isinstance(value, dict):
             return dict(value)
         raise ConfigError(f"{name}={value!r} has the wrong type: expected a mapping")
+    if kind == "list":
+        if isinstance(value, (list, tuple)):
+            return [parse_number(v, f"{name}[{i}]", float) for i, v in enumerate(value)]
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected a list (e.g. [0.5, 0.5, 0.5])")
     return value
 
 
@@ -199,9 +211,24 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def read_preset(name: str, _seen: tuple = ()) -> dict:
-    """A preset by name (or a path to a YAML file) as a mapping; a `base:` key names a preset
-    whose keys it starts from."""
+REFERENCE_KEYS = ("reproduces", "reported", "sources", "differences")
+
+
+def read_preset(name: str) -> dict:
+    """A preset by name (or a path to a YAML file) as a mapping of config keys; a `base:` key
+    names a preset whose keys it starts from. Its `reference:` metadata is left out (see
+    `preset_reference`)."""
+    return _read_preset(name)[0]
+
+
+def preset_reference(name: str) -> dict:
+    """A preset's `reference:` metadata for the docs: what it reproduces, the reported
+    numbers, and the mappings `sources` and `differences`, merged along the `base:` chain
+    (a key set to null drops the base's entry)."""
+    return _read_preset(name)[1]
+
+
+def _read_preset(name: str, _seen: tuple = ()) -> tuple[dict, dict]:
     path = Path(name)
     if not (path.suffix in (".yaml", ".yml") and path.is_file()):
         path = PRESET_DIR / f"{name}.yaml"
@@ -216,12 +243,16 @@ def read_preset(name: str, _seen: tuple = ()) -> dict:
         raise ConfigError(f"preset {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"preset {str(path)!r} must be a mapping of config keys")
+    reference = data.pop("reference", None) or {}
+    if not isinstance(reference, dict) or set(reference) - set(REFERENCE_KEYS):
+        raise ConfigError(f"preset {str(path)!r}: reference must be a mapping with keys "
+                          f"{', '.join(REFERENCE_KEYS)}")
     base = data.pop("base", None)
     if base is None:
-        return data
+        return data, _merge_reference({}, reference)
     if len(_seen) > 10 or base in _seen:
         raise ConfigError(f"preset {name!r}: 'base' chain loops through {base!r}")
-    merged = read_preset(str(base), _seen + (name,))
+    merged, base_reference = _read_preset(str(base), _seen + (name,))
     for owner, section in OWNED.items():  # another method/model/schedule: drop the base's args
         if owner in data and data[owner] != merged.get(owner):
             merged.pop(section, None)
@@ -230,6 +261,15 @@ def read_preset(name: str, _seen: tuple = ()) -> dict:
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
+    return merged, _merge_reference(base_reference, reference)
+
+
+def _merge_reference(base: dict, own: dict) -> dict:
+    """`sources` and `differences` are inherited and updated; the rest is the preset's own."""
+    merged = {k: own[k] for k in ("reproduces", "reported") if k in own}
+    for key in ("sources", "differences"):
+        items = {**base.get(key, {}), **(own.get(key) or {})}
+        merged[key] = {k: v for k, v in items.items() if v is not None}
     return merged
 
 
@@ -293,7 +333,18 @@ def validate(cfg: Config) -> Config:
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
     _require(cfg.nan_max_rollbacks >= 0, f"nan_max_rollbacks={cfg.nan_max_rollbacks} is invalid: must be >= 0")
-    DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
+    _require(cfg.pad_mode in PAD_MODES,
+             f"pad_mode={cfg.pad_mode!r} is invalid: must be one of {', '.join(PAD_MODES)}")
+    _require(0 <= cfg.rotate <= 180, f"rotate={cfg.rotate} is invalid: must be in [0, 180] (degrees)")
+    for name in ("eps_ramp_epochs", "alpha_ramp_epochs"):
+        _require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)} is invalid: must be >= 0 (0: no ramp)")
+    info = DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
+    for name in ("mean", "std"):
+        values = getattr(cfg, name)
+        _require(values is None or len(values) == info.shape[0],
+                 f"{name}={values} is invalid: {cfg.dataset} needs {info.shape[0]} values "
+                 f"(one per channel) or null (the dataset's)")
+    _require(cfg.std is None or all(v > 0 for v in cfg.std), f"std={cfg.std} is invalid: must be > 0")
 
     nested = {}
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
@@ -342,8 +393,21 @@ def from_yaml_dict(data: dict) -> Config:
     return validate(apply(Config(), known))
 
 
+def normalization(cfg: Config) -> tuple[list[float], list[float]]:
+    """The per-channel mean and std the model normalizes with: cfg's, else the dataset's."""
+    info = DATASETS[cfg.dataset]
+    return list(cfg.mean or info.mean), list(cfg.std or info.std)
+
+
+def augmentation(cfg: Config) -> dict:
+    """The training batches' augmentation arguments of `data.batches`."""
+    augment = DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment
+    return {"augment": augment, "pad_mode": cfg.pad_mode, "flip": cfg.flip, "rotate": cfg.rotate}
+
+
 def model_for(cfg: Config) -> nn.Module:
     """The network cfg names, shaped and normalized for cfg's dataset (on the CPU)."""
     info = DATASETS[cfg.dataset]
+    mean, std = normalization(cfg)
     return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
-                       mean=info.mean, std=info.std, **cfg.model_args)
+                       mean=mean, std=std, **cfg.model_args)

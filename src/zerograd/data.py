@@ -25,7 +25,6 @@ from types import MappingProxyType
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .errors import ConfigError
 from .registry import Registry
@@ -37,6 +36,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 __all__ = [
     "DATASETS",
+    "PAD_MODES",
     "Data",
     "DatasetInfo",
     "Split",
@@ -49,7 +49,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PAD = 4  # pixels of zero padding before the random crop (standard CIFAR augmentation)
+PAD = 4  # pixels of padding before the random crop (standard CIFAR augmentation)
+PAD_MODES = ("zeros", "reflect")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class DatasetInfo:
     shape: tuple[int, int, int]  # (C, H, W)
     mean: tuple[float, ...]  # per channel, for pixels in [0, 1]
     std: tuple[float, ...]
-    augment: bool  # default: random crop (4-px zero padding) + horizontal flip
+    augment: bool  # default: random crop (4-px padding) + horizontal flip
     files: tuple[str, ...]  # expected under the data dir (for error messages)
     url: str | None  # official download location (None: bundled with scikit-learn)
 
@@ -417,24 +418,60 @@ def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
     return x_uint8.to(torch.float32).div_(255)
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Pad PAD zeros, random-crop back to HxW, random horizontal flip; one gather, no loop.
+def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str = "zeros",
+             flip: bool = True, rotate: float = 0.0) -> torch.Tensor:
+    """Pad PAD pixels (zeros or a reflection), random-crop back to HxW, random horizontal flip
+    (if `flip`), then a random rotation by an angle uniform in [-rotate, rotate] degrees about
+    the centre (if `rotate`; nearest pixel, zeros outside, as torchvision's RandomRotation).
+    One gather, no loop.
 
-    Offsets and flips are drawn on the CPU (rows, then columns, then flips) and moved to the
-    device, so the result does not depend on where the images live.
+    Offsets, flips and angles are drawn on the CPU (rows, columns, flips, then angles; the
+    flips are drawn even when unused) and the index maps are computed there, so the result
+    does not depend on where the images live, and a run without rotation draws what it did
+    before rotation existed.
     """
     b, _, h, w = x.shape
-    dy = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator)
-    dx = torch.randint(0, 2 * PAD + 1, (b, 1), generator=generator)
-    flip = torch.randint(0, 2, (b, 1), generator=generator).bool()
-    rows = dy + torch.arange(h)  # (b, h) rows of the padded image
-    cols = dx + torch.arange(w)
-    cols = torch.where(flip, cols.flip(1), cols)  # flipping the crop = reading its columns backwards
-    padded = F.pad(x, (PAD, PAD, PAD, PAD)).permute(0, 2, 3, 1)  # (b, H+2P, W+2P, C)
+    dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
+    flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
+    i = torch.arange(h).view(1, h, 1)  # output pixel (i, j) of the crop; rows and columns
+    j = torch.arange(w).view(1, 1, w)  # stay separable (broadcast) unless rotated
+    inside = None  # where the output reads an image pixel, not the zero fill (None: everywhere)
+    if rotate > 0:
+        angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
+        i, j, inside = _rotated_source(i.expand(b, h, w), j.expand(b, h, w), angles)
+    j = torch.where(flipped, w - 1 - j, j)  # flipping the crop = reading its columns backwards
+    rows, cols = i + dy - PAD, j + dx - PAD  # in the unpadded image
+    if pad_mode == "reflect":
+        rows, cols = _reflect(rows, h), _reflect(cols, w)
+    else:
+        valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+        inside = valid if inside is None else inside & valid
     dev = x.device
     batch = torch.arange(b, device=dev)[:, None, None]
-    out = padded[batch, rows.to(dev)[:, :, None], cols.to(dev)[:, None, :]]  # (b, h, w, C)
+    out = x.permute(0, 2, 3, 1)[batch, rows.clamp(0, h - 1).to(dev), cols.clamp(0, w - 1).to(dev)]
+    if inside is not None:  # (b, h, w, C): zero outside the image
+        out = out * inside.to(dev)[..., None].to(out.dtype)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
+    """Reflection padding's source index (the edge pixel is not repeated), for pads < n."""
+    index = index.abs()
+    return torch.where(index >= n, 2 * (n - 1) - index, index)
+
+
+def _rotated_source(i: torch.Tensor, j: torch.Tensor, degrees: torch.Tensor):
+    """For output pixels (i, j) of images rotated counter-clockwise by `degrees` about their
+    centre: the nearest source pixel and whether it lies inside the image."""
+    h, w = i.shape[1], i.shape[2]
+    theta = torch.deg2rad(degrees)
+    cos, sin = torch.cos(theta), torch.sin(theta)
+    y, x = i - (h - 1) / 2, j - (w - 1) / 2  # the inverse rotation (rows point down)
+    src_i = torch.round(sin * x + cos * y + (h - 1) / 2).long()
+    src_j = torch.round(cos * x - sin * y + (w - 1) / 2).long()
+    inside = (src_i >= 0) & (src_i < h) & (src_j >= 0) & (src_j < w)
+    return src_i, src_j, inside
 
 
 def batches(
@@ -445,12 +482,18 @@ def batches(
     augment: bool,
     generator: torch.Generator | None = None,
     drop_last: bool = False,
+    pad_mode: str = "zeros",
+    flip: bool = True,
+    rotate: float = 0.0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x float32 in [0, 1], y) batches on the split's device.
 
     With `shuffle`, one permutation per call (i.e. per epoch) is drawn from `generator` before
-    any augmentation draws, then each batch draws its crop offsets and flips.
+    any augmentation draws, then each batch draws its crop offsets, flips and angles
+    (`pad_mode`, `flip`, `rotate` as in `_augment`).
     """
+    if pad_mode not in PAD_MODES:
+        raise ConfigError(f"pad_mode={pad_mode!r} is invalid: must be one of {', '.join(PAD_MODES)}")
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
     if generator is not None and generator.device.type != "cpu":
@@ -466,5 +509,5 @@ def batches(
             idx = order[start:start + batch_size].to(device)
             x, y = split.x[idx], split.y[idx]
         if augment:
-            x = _augment(x, generator)
+            x = _augment(x, generator, pad_mode, flip, rotate)
         yield to_float(x), y

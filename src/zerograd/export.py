@@ -15,6 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import normalization
 from .data import DATASETS
 from .errors import ConfigError
 from .files import write_json
@@ -41,6 +42,7 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False) ->
     except OSError as e:
         raise ConfigError(f"cannot create export folder {str(out)!r}: {e.strerror}") from None
     info = DATASETS[cfg.dataset]
+    mean, std = normalization(cfg)
     facts = checkpoint_facts(ckpt_path, ckpt, cfg)
     meta = {
         "format": EXPORT_FORMAT,
@@ -50,8 +52,8 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False) ->
         "in_channels": info.shape[0],
         "input_shape": list(info.shape),
         "input_range": [0.0, 1.0],
-        "mean": list(info.mean),
-        "std": list(info.std),
+        "mean": mean,
+        "std": std,
         "normalization": "inside the model (its first layer); feed pixels in [0, 1]",
         "dataset": cfg.dataset,
         "threat_model": "Linf",

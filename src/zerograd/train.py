@@ -95,8 +95,8 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     model, train_model = par.wrap(model, cfg, to_float(data.train.x[:1]))
-    objective = Objective(cfg, model, optimizer, device, train_model)
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
+    objective = Objective(cfg, model, optimizer, device, train_model, steps_per_epoch)
     schedule = partial(SCHEDULES[cfg.schedule], total=cfg.epochs * steps_per_epoch, lr_max=cfg.lr_max,
                        **cfg.schedule_args)
     state = TrainState(cfg=cfg, model=model, optimizer=optimizer, data=data, method=objective.method,

@@ -10,7 +10,7 @@ from functools import partial
 
 import torch
 
-from ..config import apply, validate
+from ..config import apply, augmentation, validate
 from ..data import batches
 from ..runfolder import MetricsLog
 from ..runtime import epoch_generator
@@ -74,7 +74,8 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
         started, totals, action, refused = time.perf_counter(), Totals(), None, False
         for shard in progress(shards(state), state.steps_per_epoch, f"epoch {state.epoch}"):
             state.set_lr()
-            state.batch, action = objective.step(shard, after_backward=partial(check_update, state, hooks))
+            state.batch, action = objective.step(shard, after_backward=partial(check_update, state, hooks),
+                                                 step=state.step)
             if action is not None:  # the update was refused: no step was taken
                 refused = True
                 break
@@ -117,9 +118,8 @@ def check_update(state: TrainState, hooks: Hooks, batch) -> Rollback | Stop | No
 def shards(state: TrainState) -> Iterator:
     """This process's part of each global batch of the epoch (order and augmentation depend
     only on seed and epoch)."""
-    augment = state.data.info.augment if state.cfg.augment is None else state.cfg.augment
-    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True, augment=augment,
-                        generator=epoch_generator(state.cfg.seed, state.epoch)):
+    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True,
+                        generator=epoch_generator(state.cfg.seed, state.epoch), **augmentation(state.cfg)):
         shard = state.par.split(x, y)
         if shard is not None:
             yield shard
