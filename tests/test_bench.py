@@ -11,7 +11,8 @@ def test_paper_table_ratios_and_limits_from_given_timings():
     costs = {"a": 1.0, "u": 2.0, "g": 5.0}
     steps = {"fgsm_rs": 4.0, "zerograd": 4.4, "multigrad_chunk": 6.0, "gradalign": 18.0,
              "pgd2": 5.0, "pgd10": 13.0}
-    rows = {r["method"]: r for r in paper_table({k: {"s_per_step": v} for k, v in steps.items()}, costs)}
+    methods = {k: {"s_per_step": v, "ratio": v / 4.0} for k, v in steps.items()}
+    rows = {r["method"]: r for r in paper_table(methods, costs)}
     assert list(rows) == list(PAPER_TIMES)
     assert rows["MultiGrad"]["paper_ratio"] == pytest.approx(43.9 / 22.5)
     assert rows["PGD-10"]["paper_ratio"] == pytest.approx(124.2 / 22.5)

@@ -20,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -68,7 +69,6 @@ def paper_table(methods: dict[str, dict], costs: dict[str, float]) -> list[dict]
     ratio, the compute-bound limit (n_a * a + u + n_g * g seconds from `costs`) and its ratio to
     FGSM-RS's limit, and how far above its limit each method runs (measured / limit)."""
     base_paper = PAPER_TIMES["FGSM-RS"][1]
-    base_name = PAPER_TIMES["FGSM-RS"][0]
     base_limit = costs["a"] + costs["u"]
     rows = []
     for label, (name, minutes, n_a, n_g) in PAPER_TIMES.items():
@@ -76,7 +76,7 @@ def paper_table(methods: dict[str, dict], costs: dict[str, float]) -> list[dict]
         measured = methods[name]["s_per_step"]
         rows.append({"method": label, "bench": name, "paper_minutes": minutes,
                      "paper_ratio": minutes / base_paper, "s_per_step": measured,
-                     "ratio": measured / methods[base_name]["s_per_step"],
+                     "ratio": methods[name]["ratio"],  # the median of per-round ratios
                      "limit": (f"{n_a}a" if n_a > 1 else "a") + "+u" + ("+g" * n_g),
                      "limit_s": limit, "limit_ratio": limit / base_limit,
                      "over_limit": measured / limit})
@@ -97,9 +97,9 @@ def format_paper_table(rows: list[dict], costs: dict[str, float]) -> str:
     return "\n".join(lines)
 
 
-def pass_costs(net, opt, x, y, *, repeats: int, autocast, device: str) -> dict[str, float]:
-    """Median seconds of one attack pass a, one weight update u and one double-backward pass
-    g on the benchmark batch (round-robin, each timed pass after an untimed one)."""
+def passes(net, opt, x, y) -> dict:
+    """The passes of the compute-bound limits on the benchmark batch: 'a' one attack pass,
+    'u' one weight update, 'g' one double-backward pass (each a function of no arguments)."""
     zero = torch.zeros_like(x)
 
     def attack():
@@ -116,21 +116,20 @@ def pass_costs(net, opt, x, y, *, repeats: int, autocast, device: str) -> dict[s
         g.pow(2).sum().backward()
         opt.zero_grad(set_to_none=True)
 
-    passes = {"a": attack, "u": update, "g": double}
-    times: dict[str, list[float]] = {k: [] for k in passes}
-    for _ in range(repeats):
-        for k, fn in passes.items():
-            for timed in (False, True):
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                with autocast():
-                    fn()
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                if timed:
-                    times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return {"a": attack, "u": update, "g": double}
+
+
+def _timed(fn, device: str) -> float:
+    """Seconds of fn() after an untimed call of it (switching what runs changes the memory
+    footprint, and re-growing the heap would otherwise be billed to the next one)."""
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
 
 
 def bench_setup(model: str, batch_size: int, device: str, image_size: int):
@@ -222,18 +221,15 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
     net, opt, x, y = bench_setup(model, batch_size, device, image_size)
     steps = {n: bench_objective(n, net, opt, model=model, eps=eps, device=device) for n in names}
     timings: dict[str, list[float]] = {n: [] for n in names}
+    limit_passes = passes(net, opt, x, y) if paper else {}
+    pass_times: dict[str, list[float]] = {k: [] for k in limit_passes}
     for r in range(repeats):
         for name in names:
-            # an untimed step first: switching methods changes the memory footprint, and the
-            # page faults of re-growing the heap would otherwise be billed to the next method
-            steps[name].step(x=x, y=y)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            steps[name].step(x=x, y=y)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            timings[name].append(time.perf_counter() - t0)
+            timings[name].append(_timed(partial(steps[name].step, x=x, y=y), device))
+        # the passes of the limits in the same rounds, so that load changes hit both alike
+        for k, fn in limit_passes.items():
+            with steps[names[0]].autocast():
+                pass_times[k].append(_timed(fn, device))
         if not quiet:
             print(f"repeat {r + 1}/{repeats} done", file=sys.stderr)
     base_name = "fgsm_rs" if "fgsm_rs" in names else names[0]
@@ -245,7 +241,7 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
                     for n, t in timings.items()},
     }
     if paper:
-        costs = pass_costs(net, opt, x, y, repeats=repeats, autocast=steps["fgsm_rs"].autocast, device=device)
+        costs = {k: statistics.median(v) for k, v in pass_times.items()}
         report["passes"] = costs
         report["paper"] = paper_table(report["methods"], costs)
     if memory:
