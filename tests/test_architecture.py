@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "zerograd"
 PRINTING = {"cli.py", "train.py", "evaluate.py", "export.py", "report.py", "reproduce.py", "bench.py",
-            "selftest.py"}
+            "selftest.py", "measure.py"}
 
 
 def test_imports_follow_the_layers():

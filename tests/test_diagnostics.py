@@ -34,9 +34,10 @@ def test_perturbation_norms_in_pixel_levels():
     delta = torch.zeros(2, 1, 2, 2)
     delta[0, 0, 0, 0], delta[0, 0, 1, 1] = 3 / 255, -4 / 255
     n = perturbation_norms(delta)
-    assert n["l1"].tolist() == pytest.approx([7, 0])
-    assert n["l2"].tolist() == pytest.approx([5, 0])
-    assert n["linf"].tolist() == pytest.approx([4, 0])
+    assert n["mean_abs_x255"].tolist() == pytest.approx([7 / 4, 0])  # Table 4's unit: per entry
+    assert n["l1_sum_x255"].tolist() == pytest.approx([7, 0])
+    assert n["l2_x255"].tolist() == pytest.approx([5, 0])
+    assert n["linf_x255"].tolist() == pytest.approx([4, 0])
 
 
 def test_sign_disagreement_counts_nonzero_entries_of_opposite_sign():
@@ -90,7 +91,8 @@ def test_probe_leaves_the_run_bitwise_unchanged_and_logs_every_key(tmp_path):
     for (k, a), b in zip(plain.model.state_dict().items(), probed.model.state_dict().values()):
         assert torch.equal(a, b), k
     epochs = [m for m in probed.history if "train/loss" in m]
-    keys = {"diag/weight_mse", "diag/delta_l1", "diag/delta_l2", "diag/delta_linf", "val/fgsm_acc",
+    keys = {"diag/weight_mse", "diag/delta_mean_abs_x255", "diag/delta_l1_sum_x255", "diag/delta_l2_x255",
+            "diag/delta_linf_x255", "val/fgsm_acc",
             "diag/sign_disagree", "diag/grad_cosine", "diag/zeroed_frac"}
     assert all(keys <= set(m) for m in epochs)
     assert {"diag/delta_mse", "diag/delta_mse/fgsm_rs", "diag/delta_mse/zeroed"} <= set(epochs[1])
@@ -98,9 +100,12 @@ def test_probe_leaves_the_run_bitwise_unchanged_and_logs_every_key(tmp_path):
     steps = [m for m in probed.history if "diag/sign_disagree" in m and "train/loss" not in m]
     assert [m["step"] for m in steps] == [7, 14, 21, 28, 35]  # 20 steps per digits epoch
     eps255 = 0.2 * 255
-    assert all(m["diag/delta_linf"] <= eps255 + 1e-3 for m in epochs)
+    assert all(m["diag/delta_linf_x255"] <= eps255 + 1e-3 for m in epochs)
     assert all(0 <= m["diag/sign_disagree"] <= 1 and math.isfinite(m["diag/grad_cosine"]) for m in epochs)
     assert epochs[0]["diag/weight_mse"] > 0
+    assert all(m["diag/delta_mean_abs_x255"] == pytest.approx(m["diag/delta_l1_sum_x255"] / 64)
+               for m in epochs)  # 8x8 digits: 64 entries per image
+    assert all(0 < m["diag/delta_mean_abs_x255"] <= eps255 for m in epochs)
 
 
 def test_bad_diagnostics_options_are_config_errors():

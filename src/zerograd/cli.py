@@ -14,6 +14,7 @@ from .config import load_config
 from .errors import ConfigError, ZerogradError
 from .evaluate import evaluate_path
 from .export import export_model
+from .measure import measure_path
 from .methods import METHODS
 from .report import build_report
 from .reproduce import reproduce
@@ -98,9 +99,18 @@ def _presets(args) -> int:
 def _bench(args) -> int:
     report = run_bench(model=args.model, batch_size=args.batch_size, repeats=args.repeats,
                        methods=args.methods, threads=args.threads, quiet=args.json,
-                       memory=args.memory)
+                       memory=args.memory, paper=args.paper)
     if args.json:
         print(json.dumps(report))
+    return 0
+
+
+def _measure(args) -> int:
+    result = measure_path(args.path, table=args.table, which=args.checkpoint, split=args.split,
+                          n=args.n, methods=args.methods, batch_size=args.batch_size, seed=args.seed,
+                          data_dir=args.data_dir, out=args.out, quiet=args.json)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -191,8 +201,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory", action="store_true",
                    help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's Sec. 4.4 timing table as ratios beside the measured ones and "
+                   "each method's compute-bound limit (attack passes a, update u) from this run")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("measure", help="the paper's Table 10 (sign disagreement with PGD-10, no "
+                       "random starts) or Table 4 (mean |delta| x 255) of one model, every method")
+    p.add_argument("path", help="run folder or checkpoint file (e.g. RUN/checkpoints/epoch-5.pt)")
+    p.add_argument("--table", type=int, default=10, help="10 (default) or 4")
+    p.add_argument("--checkpoint", default="last", help="for a run folder: last (default) or best")
+    p.add_argument("--split", default="train", help="train (default: the run's training split), val or test")
+    p.add_argument("--n", type=int, help="only the split's first N images")
+    p.add_argument("--methods", nargs="+", help="subset of the measured methods")
+    p.add_argument("--batch-size", type=int, help="mini-batch size (default: the run's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_measure)
 
     p = sub.add_parser("report", help="report.md and plots from run folders (CO events, diagnostics, tables)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")

@@ -8,7 +8,7 @@ class Detector:
     PGD below (1 - drop) x its best so far while FGSM is at least fgsm_hold x its value at
     that best. A collapse of both is not CO (e.g. divergence) and is not flagged."""
 
-    def __init__(self, drop: float = 0.5, fgsm_hold: float = 0.8, min_best: float = 0.05):
+    def __init__(self, drop: float = 0.5, fgsm_hold: float = 0.5, min_best: float = 0.05):
         self.drop, self.fgsm_hold, self.min_best = drop, fgsm_hold, min_best
         self.best = -1.0
         self.fgsm_at_best: float | None = None

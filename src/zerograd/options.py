@@ -13,7 +13,7 @@ class DiagnosticsOptions:
     """The `diagnostics` config section (e.g. `--set diagnostics.probe=256`)."""
 
     weights: bool = True  # weight-update size per epoch, per layer and overall (Fig. 1)
-    norms: bool = True  # mean l1/l2/linf x255 of the training perturbations (Table 4)
+    norms: bool = True  # training perturbations x255: mean |delta| per entry (Table 4), l1, l2, linf
     fgsm_val: bool = True  # FGSM accuracy on the validation split
     probe: int = 0  # size of the fixed probe batch; 0 turns the probe measures off
     every: int = 0  # also probe every k steps (0: at epoch ends only)
@@ -39,21 +39,23 @@ class DiagnosticsOptions:
 
 ACTIONS = ("rollback", "stop", "log")
 NO_Q_ACTIONS = ("stop", "lower_alpha")
-ROLLBACK_TO = ("best", "healthy")
+ROLLBACK_TO = ("healthy", "best")
 
 
 @dataclass
 class GuardOptions:
-    """The `guard` config section (e.g. `--set guard.enabled=true --set guard.q_step=0.1`)."""
+    """The `guard` config section (e.g. `--set guard.enabled=true --set guard.q_step=0.1`).
+    The paper (Sec. 5.2) fixes only the rollback target (the epoch right before CO) and one q
+    change (0.25 -> 0.45); the detection rule and the q step are zerograd's (training/guard.py)."""
 
     enabled: bool = False
     drop: float = 0.5  # CO: val PGD accuracy below (1 - drop) x its best so far ...
-    fgsm_hold: float = 0.8  # ... while val FGSM accuracy is at least fgsm_hold x its value then
+    fgsm_hold: float = 0.5  # ... while val FGSM accuracy is at least fgsm_hold x its value then
     min_best: float = 0.05  # no verdict before the best PGD accuracy reaches this
     every: int = 0  # also check every k steps on `check_n` validation images (0: epochs only)
     check_n: int = 256
     action: str = "rollback"  # rollback | stop | log
-    rollback_to: str = "best"  # best: the epoch of the best val PGD accuracy; healthy: the last unflagged
+    rollback_to: str = "healthy"  # healthy: the last epoch whose check passed (the paper's); best: best val PGD
     margin: int = 0  # go back this many epochs further (the weights may be damaged before PGD shows it)
     q_step: float = 0.1  # how much a rollback raises q
     q_max: float = 0.9  # a q above this stops the run instead

@@ -231,7 +231,8 @@ def plot_run(run: RunRecord, path: Path) -> None:
           ("diag/delta_mse/zeroed", "FGSM-RS, small grads zeroed")], True),
         ("sign disagreement with PGD-10", [("diag/sign_disagree", "fraction of entries")], False),
         ("input-gradient alignment (cosine)", [("diag/grad_cosine", "x vs random point")], False),
-        ("training perturbation ℓ1 (×255, mean per image)", [("diag/delta_l1", "ℓ1")], False),
+        ("training perturbation: mean |δ| per entry ×255 (Table 4's unit)",
+         [("diag/delta_mean_abs_x255", "mean |δ|×255")], False),
     ]
     panels += [p for p in candidates if any(_series(ep, k)[0] for k, _ in p[1])]
     fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)

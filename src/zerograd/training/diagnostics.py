@@ -1,12 +1,13 @@
 """Catastrophic-overfitting (CO) diagnostics: training-loop hooks that measure, while a
 model trains, the quantities Golgooni et al. plot and tabulate to explain CO.
 
-Cheap ones are on by default: the weight-update size of each epoch (Fig. 1) and the norms of
-the training perturbations (Table 4); FGSM accuracy on the validation split (so the FGSM-PGD
+Cheap ones are on by default: the weight-update size of each epoch (Fig. 1) and the sizes of
+the training perturbations (Table 4's unit: the per-element mean |delta| x 255); FGSM accuracy on the validation split (so the FGSM-PGD
 gap of CO is visible) is measured with the validation. The probe measures run on one fixed batch of training
 images, at each epoch's end and every `every` steps if asked, and are off unless `probe > 0`:
-perturbation change between consecutive probes (Fig. 2), sign disagreement with PGD-10
-(Table 10), gradient alignment (GradAlign's cosine) and the fraction of entries ZeroGrad or
+perturbation change between consecutive probes (Fig. 2), the sign disagreement of this run's
+own perturbation (random start included) with PGD-10 (Table 10 itself, every method on one
+model without random starts, is `zerograd measure --table 10`), gradient alignment (GradAlign's cosine) and the fraction of entries ZeroGrad or
 MultiGrad zero. Measuring never changes the run: the global RNG and batch-norm statistics
 are restored afterwards, so a run is bitwise the same with or without diagnostics.
 """
@@ -38,9 +39,13 @@ def weight_update(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[s
 
 
 def perturbation_norms(delta: Tensor) -> dict[str, Tensor]:
-    """Per-sample l1, l2 and l_inf norms of delta, x255 (pixel levels), as in Table 4."""
+    """Per-sample sizes of delta in pixel levels (x255), each key naming its unit:
+    'mean_abs_x255' the per-element mean |delta| (Table 4's unit: 6-8 at eps 8/255),
+    'l1_sum_x255' the per-image sum of |delta| (mean_abs_x255 times the entries per image),
+    'l2_x255' and 'linf_x255' the per-image l2 and l_inf norms."""
     d = delta.detach().flatten(1).float() * 255
-    return {"l1": d.abs().sum(1), "l2": d.norm(dim=1), "linf": d.abs().amax(1)}
+    return {"mean_abs_x255": d.abs().mean(1), "l1_sum_x255": d.abs().sum(1),
+            "l2_x255": d.norm(dim=1), "linf_x255": d.abs().amax(1)}
 
 
 def sign_disagreement(delta: Tensor, reference: Tensor) -> float:
@@ -76,7 +81,8 @@ class WeightUpdate(Hook):
 
 
 class PerturbationNorms(Hook):
-    """Mean per-sample l1, l2, l_inf (x255) of the training perturbations of an epoch."""
+    """The epoch's training perturbations, averaged over its images: 'diag/delta_mean_abs_x255'
+    (Table 4), 'diag/delta_l1_sum_x255', 'diag/delta_l2_x255', 'diag/delta_linf_x255'."""
 
     acts_on = ()
 

@@ -1,13 +1,19 @@
 """Catastrophic-overfitting detection and automatic rolling back (Golgooni et al., Sec. 5.2
 and Appendix B.2), as a training-loop hook.
 
-CO shows as validation PGD accuracy collapsing relative to its best while FGSM accuracy
-holds (the model has learnt to mask its gradient, not to resist). The guard watches both at
-each epoch's end and, if asked, every `every` steps on the first `check_n` validation
-images. On CO it reloads the checkpoint of the best validation PGD accuracy (or of the last
-epoch not flagged) and raises ZeroGrad's
-q by `q_step` (0.25 -> 0.35 -> 0.45, as in the paper); a method without q stops (keeping
-the best checkpoint) or continues with a smaller alpha. At most `max_rollbacks` rollbacks.
+What the paper says (Sec. 5.2): once CO occurs, stop, raise q from q_0 to a larger q_1 and
+continue with ZeroGrad "resuming from a saved checkpoint at the epoch right before
+catastrophic overfitting"; on CIFAR-10 it went from q_0 = 0.25 to 0.45. It states no
+intermediate q sequence and no detection rule beyond "using a validation dataset" (App. B.2).
+
+zerograd's own choices (each an option of `GuardOptions`): CO is flagged when validation PGD
+accuracy falls below (1 - drop) = 50 % of its best while FGSM accuracy keeps at least
+fgsm_hold = 50 % of its value at that best (the rule that caught every collapse in
+docs/reproduction.md; 80 % hid one there). The guard checks at each epoch's end and, if asked,
+every `every` steps on the first `check_n` validation images. On CO it reloads the last epoch
+whose check passed (the epoch right before the flagged one: the paper's rule; `rollback_to:
+best` reloads the best-PGD epoch instead, `margin` goes further back) and raises q by `q_step`
+(0.1); a method without q stops or continues with a smaller alpha. At most `max_rollbacks`.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ class Guard(Hook):
         self.acts_on = (STEP_END, EPOCH_END) if self.opt.every else (EPOCH_END,)
         args = (self.opt.drop, self.opt.fgsm_hold, self.opt.min_best)
         self.detectors = {"epoch": Detector(*args), "step": Detector(*args)}
-        self.healthy_epoch = 0  # the last epoch whose check passed
+        self.healthy_epoch = 0  # the last epoch whose check passed (the paper's rollback target)
         self.best_epoch = 0  # the epoch of the best validation PGD accuracy
         self.events = 0
 
