@@ -11,10 +11,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-
-from zerograd.models import build_model
 from zerograd.nanguard import nonfinite
 from zerograd.resume import rng_state
+
+from zerograd.models import build_model
 
 
 def saved_bytes(obj) -> int:
