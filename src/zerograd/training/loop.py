@@ -84,6 +84,8 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
             if fired.metrics:
                 history.emit({"epoch": state.epoch, "step": state.step, **fired.metrics})
             if (action := fired.action) is not None:
+                # a Stop for non-finite weights: this epoch is neither recorded nor saved
+                refused = isinstance(action, Stop) and action.event == "nonfinite"
                 break
         state.batch = None
         if isinstance(action, Rollback):
