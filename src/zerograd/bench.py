@@ -20,6 +20,8 @@ from .models import build_model
 from .registry import Registry
 from .training.objective import Objective
 
+MAX_THREADS = 1024
+
 # name -> the config keys of the benchmarked setting (the paper's settings)
 BENCH_METHODS: Registry[dict] = Registry("benchmark method")
 for _name, _keys in (
@@ -118,6 +120,8 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
         BENCH_METHODS[name]  # unknown names: one line with did-you-mean
     if batch_size < 1 or repeats < 1:
         raise ConfigError(f"--batch-size={batch_size} and --repeats={repeats} must both be >= 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads={threads} is invalid: must be in 1..{MAX_THREADS}")
     if threads is not None:
         torch.set_num_threads(threads)
     net, opt, x, y = bench_setup(model, batch_size, device, image_size)

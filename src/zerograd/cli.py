@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 import traceback
@@ -111,6 +112,22 @@ def _bench(args) -> int:
     return 0
 
 
+def int64(text: str) -> int:
+    """An integer option: what torch and numpy can hold (argparse names this type in errors)."""
+    value = int(text)
+    if abs(value) > 2**63 - 1:
+        raise ValueError(text)
+    return value
+
+
+def finite(text: str) -> float:
+    """A float option: a finite number (NaN and infinities are refused by argparse)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
 class _HelpFormatter(argparse.HelpFormatter):
     """Help lines end with the option's default, unless it is none or the line names it."""
 
@@ -172,15 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="AutoAttack version: standard, plus, rand or custom")
     p.add_argument("--attacks", nargs="+", help="AutoAttack attacks for --version custom "
                    "(apgd-ce apgd-dlr apgd-t fab fab-t square)")
-    p.add_argument("--n", type=int, help="evaluate the first N test images")
-    p.add_argument("--steps", type=int, default=None, help="PGD steps (default: the run's test_pgd_steps)")
-    p.add_argument("--restarts", type=int, default=None, help="PGD restarts (default: the run's test_restarts)")
-    p.add_argument("--alpha", type=float, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
+    p.add_argument("--n", type=int64, help="evaluate the first N test images")
+    p.add_argument("--steps", type=int64, default=None, help="PGD steps (default: the run's test_pgd_steps)")
+    p.add_argument("--restarts", type=int64, default=None, help="PGD restarts (default: the run's test_restarts)")
+    p.add_argument("--alpha", type=finite, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
     p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
     p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
-    p.add_argument("--batch-size", type=int, default=256, help="evaluation batch size")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attacks' random starts")
+    p.add_argument("--batch-size", type=int64, default=256, help="evaluation batch size")
+    p.add_argument("--seed", type=int64, default=0, help="seed of the attacks' random starts")
     p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json)")
     p.add_argument("--state", help="AutoAttack state file to resume from (default: beside the "
                    "results file, deleted when done)")
@@ -204,10 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="time one training step of each method side by side")
     p.add_argument("--model", default="preact_resnet18", help="model to time")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
-    p.add_argument("--repeats", type=int, default=3, help="timed steps per method")
+    p.add_argument("--batch-size", type=int64, default=128, help="training batch size")
+    p.add_argument("--repeats", type=int64, default=3, help="timed steps per method")
     p.add_argument("--methods", nargs="*", help="subset of the benchmarked methods")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int64, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory", action="store_true",
                    help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -216,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="report.md and plots from run folders (CO events, diagnostics, tables)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     p.add_argument("--out", help="report folder (default: the run folder, if only one)")
-    p.add_argument("--gradient-images", type=int, default=4,
+    p.add_argument("--gradient-images", type=int64, default=4,
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
     p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
     p.set_defaults(func=_report)
@@ -224,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
     p.add_argument("name", help="experiment name (e.g. cpu-co)")
     p.add_argument("--out", help="folder of the runs and the report (default runs/NAME)")
-    p.add_argument("--seeds", type=int, nargs="*", help="override the experiment's seeds")
+    p.add_argument("--seeds", type=int64, nargs="*", help="override the experiment's seeds")
     p.add_argument("--only", nargs="*", help="run only these settings (by name)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
     p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")

@@ -92,11 +92,13 @@ OWNED = {"method": "method_args", "model": "model_args", "schedule": "schedule_a
 
 MAX_INT = 2**63 - 1  # what torch and numpy hold in an int64
 MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in 0..2**32 - 1
+MAX_FLOAT = 3.4028234663852886e38  # float32's largest: torch refuses larger factors for its tensors
 
 
 def parse_number(value, name: str, kind: type):
     """Coerce value to int or float; accepts "8/255" for floats. ConfigError otherwise, and
-    for NaN, an infinity or an integer beyond int64 (values torch and numpy refuse)."""
+    for NaN, an infinity, a float beyond float32 or an integer beyond int64 (values torch
+    and numpy refuse)."""
     if isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected {kind.__name__}")
     if kind is int:
@@ -123,6 +125,8 @@ def parse_number(value, name: str, kind: type):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected a number (e.g. 0.03 or 8/255)")
     if not math.isfinite(number):
         raise ConfigError(f"{name}={value!r} is invalid: must be a finite number")
+    if abs(number) > MAX_FLOAT:
+        raise ConfigError(f"{name}={value!r} is invalid: must be within +-{MAX_FLOAT:.4g} (float32)")
     return number
 
 
