@@ -14,8 +14,8 @@ PRINTING = {"cli.py", "train.py", "evaluate.py", "export.py", "report.py", "repr
 
 def test_imports_follow_the_layers():
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}  # this checkout's package, not another
-    proc = subprocess.run([sys.executable, "-c", "from importlinter.cli import lint_imports_command; "
-                           "lint_imports_command()"], cwd=ROOT, env=env, capture_output=True,
+    proc = subprocess.run([sys.executable, "-c", ("from importlinter.cli import lint_imports_command; "
+                                                  "lint_imports_command()")], cwd=ROOT, env=env, capture_output=True,
                           text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "2 kept, 0 broken" in proc.stdout

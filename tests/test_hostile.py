@@ -69,7 +69,6 @@ CONFIG_VALUES = {  # --set key=VALUE by the key's type, as YAML text
 
 def config_cases() -> list[tuple[str, str]]:
     from zerograd.config import FIELDS
-
     from zerograd.methods import METHODS
     from zerograd.options import DiagnosticsOptions, GuardOptions
 

@@ -19,7 +19,6 @@ import torch
 from .errors import ConfigError
 from .files import atomic_write
 
-
 DIGEST = "sha256"
 
 

@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("zerograd: interrupted", file=sys.stderr)
         return 130
-    except (Exception, RecursionError, MemoryError) as e:  # a bug: say so in one line
+    except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001 (the last resort: a bug, in one line)
         if args.debug:
             traceback.print_exc()
         print(f"zerograd: internal error: {type(e).__name__}: {_one_line(e)} (a bug; rerun with "

@@ -104,8 +104,6 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=Non
             f".{target.stem}.{facts['checkpoint_sha256'][:12]}.state.pt")
         _check_writable(state_path, "state file")
 
-    if write:
-        target.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     if attack == "pgd":
         result = evaluate(model, data.test, eps=eps_value, steps=steps, restarts=restarts,
@@ -129,8 +127,9 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=Non
         result["checks_seconds"] = round(time.perf_counter() - t0, 3)
     run = run_folder_of(ckpt_path)
     full = record(result, facts, cfg, device=str(dev), run=None if run is None else str(run.path))
-    if write:
+    if write:  # the folder is made only now: a refused evaluation leaves no trace
         full["results_file"] = str(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, full)
     if state_path is not None and state is None:
         state_path.unlink(missing_ok=True)

@@ -125,7 +125,7 @@ def load_yaml(text: str):
     if len(text) > YAML_MAX_BYTES:
         raise yaml.YAMLError(f"larger than {YAML_MAX_BYTES} bytes")
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 (a SafeLoader)
+        return yaml.load(text, Loader=_NoAliasLoader)
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
 

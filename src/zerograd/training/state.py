@@ -13,7 +13,8 @@ from ..checkpoint import load_checkpoint, load_weights, save_checkpoint
 from ..config import FIELDS, Config, apply, validate
 from ..data import Data, Split
 from ..errors import ConfigError
-from ..runfolder import MAY_DIFFER, METRICS as METRICS_NAME, RunFolder, differences
+from ..runfolder import MAY_DIFFER, RunFolder, differences
+from ..runfolder import METRICS as METRICS_NAME
 from ..runtime import rng_state, set_rng_state
 from .distributed import Parallel
 
