@@ -101,3 +101,9 @@ def test_config_yaml_records_every_effective_value_and_eval_uses_the_runs_attack
     assert main(["eval", str(out), "--no-checks", "--json", "--n", "10"]) == 0
     attack = json.loads(capsys.readouterr().out)["attack"]
     assert (attack["steps"], attack["restarts"], attack["alpha"]) == (2, 1, 0.5)
+
+
+def test_keep_epoch_checkpoints_k_keeps_the_last_k(tmp_path):
+    train(load_config("quickstart", [*TINY, "epochs=3", "keep_epoch_checkpoints=1"]), tmp_path / "r", quiet=True)
+    names = sorted(os.listdir(tmp_path / "r" / "checkpoints"))
+    assert names == ["best.pt", "epoch-3.pt", "last.pt"]

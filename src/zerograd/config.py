@@ -65,7 +65,9 @@ class Config:
     test_pgd_steps: int = 50
     test_restarts: int = 10
     test_alpha: float = 0.25
-    keep_epoch_checkpoints: bool = True  # needed for rolling back
+    # epoch-N.pt (weights + optimizer, ~2x the model: ~90 MB for PreActResNet-18): true keeps
+    # every epoch's (the CO guard's rollback needs them), false none, an integer K the last K
+    keep_epoch_checkpoints: bool | int = True
     nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
     nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
     nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
@@ -139,6 +141,13 @@ def coerce(value, annotation, name: str):
             return None
         raise ConfigError(f"{name} must not be null: expected {ann}")
     kinds = [o for o in options if o != "None"]
+    if len(kinds) > 1:  # a union: the first kind that takes the value
+        for kind in kinds:
+            try:
+                return coerce(value, kind, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {' or '.join(kinds)}")
     kind = kinds[0] if kinds else "object"
     if kind in ("int", "float"):
         return parse_number(value, name, int if kind == "int" else float)
@@ -303,6 +312,9 @@ def validate(cfg: Config) -> Config:
     _require(cfg.multigrad_ranks == 1 or cfg.method == "multigrad",
              f"multigrad_ranks={cfg.multigrad_ranks} spreads MultiGrad's starts and needs method=multigrad "
              f"(method is {cfg.method!r}); use multigrad_ranks=1")
+    _require(cfg.keep_epoch_checkpoints is True or cfg.keep_epoch_checkpoints >= 0,
+             f"keep_epoch_checkpoints={cfg.keep_epoch_checkpoints} is invalid: must be true, false "
+             "or a number of epochs >= 0")
     _require(cfg.nan_policy in NAN_POLICIES,
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")

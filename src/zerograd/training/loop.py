@@ -141,8 +141,11 @@ def save_epoch(state: TrainState, score: float, hooks: Hooks, history: History) 
     improved = score > state.best
     state.best = max(state.best, score)
     ckpt = state.checkpoint(hooks.state_dict(), len(history))
-    if state.cfg.keep_epoch_checkpoints:
+    keep = state.cfg.keep_epoch_checkpoints  # True: all; False/0: none; K: the last K
+    if keep:
         state.checkpoints.save(state.epoch, ckpt)
+    if keep is not True and state.epoch - keep >= 0:
+        state.checkpoints.remove(state.epoch - keep)
     if improved or not state.checkpoints.has("best"):
         state.checkpoints.save("best", ckpt)
     state.checkpoints.save("last", ckpt)

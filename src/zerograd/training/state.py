@@ -178,6 +178,13 @@ class CheckpointStore:
         elif self.write:
             save_checkpoint(self.run.checkpoint(which), ckpt)
 
+    def remove(self, which: str | int) -> None:
+        """Delete a checkpoint no longer kept (keep_epoch_checkpoints=K)."""
+        if self.run is None:
+            return  # memory keeps only the initial state and the last resume point anyway
+        if self.write:
+            self.run.checkpoint(which).unlink(missing_ok=True)
+
     def has(self, which: str | int) -> bool:
         return which in self.memory if self.run is None else self.run.checkpoint(which).is_file()
 
