@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="preact_resnet18", help="model to time")
     p.add_argument("--batch-size", type=int64, default=128, help="training batch size")
     p.add_argument("--repeats", type=int64, default=3, help="timed steps per method")
-    p.add_argument("--methods", nargs="*", help="subset of the benchmarked methods")
+    p.add_argument("--methods", nargs="*", help="settings to time: their names (pgd10), or training "
+                   "method or regularizer names as train uses them (pgd, grad_align)")
     p.add_argument("--threads", type=int64, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory", action="store_true",
                    help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
