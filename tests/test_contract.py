@@ -62,3 +62,9 @@ def test_evaluate_refuses_non_finite_or_out_of_range_numbers(kw, tiny_cnn, image
     x8, y = images
     with pytest.raises(ConfigError):
         zerograd.evaluate(tiny_cnn, Split(x8, y), **{"eps": 8 / 255, "steps": 1, "restarts": 1, **kw})
+
+
+def test_zerograd_evaluate_stays_the_function_after_the_app_module_is_imported():
+    import zerograd.evaluate  # noqa: F401 (the `zerograd eval` application module)
+
+    assert callable(zerograd.evaluate) and zerograd.evaluate.__module__ == "zerograd.accuracy"
