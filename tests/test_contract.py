@@ -65,6 +65,6 @@ def test_evaluate_refuses_non_finite_or_out_of_range_numbers(kw, tiny_cnn, image
 
 
 def test_zerograd_evaluate_stays_the_function_after_the_app_module_is_imported():
-    import zerograd.evaluate  # noqa: F401 (the `zerograd eval` application module)
+    import zerograd.evaluate
 
     assert callable(zerograd.evaluate) and zerograd.evaluate.__module__ == "zerograd.accuracy"

@@ -188,7 +188,21 @@ def _bad_metrics_unfinished(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _bad_config_run(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "badcfgrun")
+    with open(folder / "config.yaml", "a") as f:
+        f.write("method_args: [1]\n")
+    return folder
+
+
+def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "badresult")
+    (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_acc": 0.9, "attack": {"name": "pgd"}}')
+    return folder
+
+
 LAZY = {  # placeholders made only for the rows that use them
+    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
     "HOTDATA": lambda tmp, run, p: fake_cifar10(tmp / "hotdata", data=300),

@@ -163,6 +163,9 @@ def _reproduce(args) -> int:
     return 0
 
 
+DATA_DIR_HELP = "folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="zerograd", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"zerograd {__version__}")
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set eps=8/255 --set method_args.q=0.4")
     p.add_argument("--out", help="run folder (default runs/PRESET-TIMESTAMP)")
-    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
     p.add_argument("--resume", metavar="RUN", help="continue the unfinished run folder RUN exactly")
@@ -195,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=finite, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
     p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
-    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--batch-size", type=int64, default=256, help="evaluation batch size")
     p.add_argument("--seed", type=int64, default=0, help="seed of the attacks' random starts")
     p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json)")
@@ -236,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: the run folder, if only one)")
     p.add_argument("--gradient-images", type=int64, default=4,
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
-    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=_report)
 
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
@@ -245,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int64, nargs="*", help="override the experiment's seeds")
     p.add_argument("--only", nargs="*", help="run only these settings (by name)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
-    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=_reproduce)
     return parser

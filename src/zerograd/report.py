@@ -22,7 +22,7 @@ from .detector import Detector
 from .errors import ConfigError
 from .methods import METHODS, input_grad
 from .options import GuardOptions
-from .results import attack_title
+from .results import attack_title, is_result
 from .runfolder import PLOTS, REPORT, RESULT, RunFolder, load_model
 
 # Config keys that do not change what a run measures; runs differing only in these are seeds
@@ -57,7 +57,8 @@ def read_run(path: str | Path) -> RunRecord:
     run = RunFolder(path)
     if not run.exists():
         raise ConfigError(f"{str(run.path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
-    config = run.read_config_dict() if run.config_file.is_file() else {}
+    # the recorded extras (versions, device) and every value checked like any config
+    config = {**run.read_config_dict(), **run.read_config().to_dict()} if run.config_file.is_file() else {}
     evals = []
     for f in run.result_files():
         try:
@@ -65,6 +66,9 @@ def read_run(path: str | Path) -> RunRecord:
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(obj, dict) and "robust_acc" in obj:
+            if not is_result(obj):
+                raise ConfigError(f"{str(f)!r} is not a zerograd results file (accuracies, n or "
+                                  "attack of the wrong type); restore or delete it")
             evals.append((str(f.relative_to(run.path)), obj))
     return RunRecord(run.path, config, run.read_metrics(), evals)
 
