@@ -12,6 +12,7 @@ from zerograd.catalog import preset_lines, presets_markdown
 from zerograd.cli import main
 from zerograd.config import load_config, preset_names, preset_reference, read_preset
 from zerograd.errors import ConfigError
+from zerograd.methods import METHODS
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "presets.md"
 PAPER = [n for n in preset_names() if n not in ("quickstart", "cifar10-n_fgsm")]
@@ -47,7 +48,7 @@ def test_reference_is_merged_along_base_and_a_null_drops_an_entry(tmp_path):
     assert ref["reproduces"] == "x" and "reported" not in ref
     assert ref["sources"]["method"] == "mine" and ref["sources"]["eps"].startswith("8/255")
     assert "restarts" not in ref["differences"] and "validation" in ref["differences"]
-    assert load_config(str(child)).method_args == {"q": 0.4, "alpha": 2.0}
+    assert load_config(str(child)).method_args == {**METHODS.defaults("zerograd"), "q": 0.4, "alpha": 2.0}
 
 
 def test_bad_reference_is_a_one_line_error(tmp_path):
@@ -59,8 +60,8 @@ def test_bad_reference_is_a_one_line_error(tmp_path):
 
 def test_paper_settings_the_presets_keep():
     z = load_config("cifar10-zerograd")
-    assert (z.model_args, z.pad_mode, z.flip, z.rotate, z.schedule_args) == (
-        {"shortcut": "activated"}, "reflect", True, 0.0, {"peak": 0.5})
+    assert (z.model_args["shortcut"], z.pad_mode, z.flip, z.rotate, z.schedule_args) == (
+        "activated", "reflect", True, 0.0, {"peak": 0.5})
     c = load_config("cifar100-zerograd")
     assert (c.pad_mode, c.flip, c.rotate, c.method_args["q"]) == ("zeros", True, 15.0, 0.45)
     s = load_config("svhn-zerograd")
@@ -69,7 +70,7 @@ def test_paper_settings_the_presets_keep():
     assert (g.grad_align, g.lr_max, g.alpha_ramp_epochs, g.flip, g.grad_align_backprop_clean) == (
         2.5, 0.05, 5, False, False)
     n = load_config("cifar10-n_fgsm")
-    assert (n.model_args, n.pad_mode) == ({"shortcut": "input"}, "zeros")
+    assert (n.model_args["shortcut"], n.pad_mode) == ("input", "zeros")
     for epochs in (52, 102, 152, 202):
         m = load_config(f"cifar10-onedrop-multigrad-e{epochs}")
         assert m.epochs == epochs and m.schedule_args["drop"] * epochs == pytest.approx(epochs - 2)

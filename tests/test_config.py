@@ -14,6 +14,7 @@ from zerograd.config import (
     validate,
 )
 from zerograd.errors import ConfigError
+from zerograd.methods import METHODS
 
 
 def test_every_preset_validates_and_paper_values_hold():
@@ -24,10 +25,10 @@ def test_every_preset_validates_and_paper_values_hold():
         load_config(name)
     z = load_config("cifar10-zerograd")
     assert (z.method, z.method_args, z.epochs, z.lr_max, z.schedule) == (
-        "zerograd", {"q": 0.35, "alpha": 2.0}, 30, 0.2, "cyclic")
+        "zerograd", {"q": 0.35, "alpha": 2.0, "iters": 1, "random_init": True}, 30, 0.2, "cyclic")
     assert abs(z.eps - 8 / 255) < 1e-12
     m = load_config("cifar10-multigrad")
-    assert m.method_args == {"n": 3, "alpha": 1.0, "chunk": 1}  # q of the base preset is not inherited
+    assert m.method_args == {**METHODS.defaults("multigrad"), "n": 3, "alpha": 1.0, "chunk": 1}  # no q from the base
     assert load_config("cifar100-zerograd").method_args["q"] == 0.45
     s = load_config("svhn-zerograd")
     assert (s.epochs, s.lr_max, s.final_checkpoint, s.method_args["q"]) == (15, 0.01, "best", 0.7)
@@ -40,7 +41,7 @@ def test_overrides_are_parsed_and_coerced():
     assert cfg.eps == pytest.approx(8 / 255) and cfg.method_args["q"] == 0.4 and cfg.epochs == 2
     assert parse_override("method_args.alpha=1.5") == {"method_args": {"alpha": 1.5}}
     cfg = load_config("quickstart", ["method=multigrad", "method_args.n=2"])
-    assert cfg.method_args == {"n": 2}  # switching method drops the old method's args
+    assert cfg.method_args == {**METHODS.defaults("multigrad"), "n": 2}  # the old method's args dropped
 
 
 @pytest.mark.parametrize("override, message", [

@@ -48,7 +48,53 @@ def _copy(src: Path, dest: Path) -> Path:
     return dest
 
 
-def make_places(tmp: Path, run: Path) -> dict[str, Path]:
+def flip_a_weight_byte(ckpt: Path) -> bytes:
+    """The checkpoint's bytes with one byte flipped inside its largest tensor's data (a zip
+    entry stored uncompressed): still a readable file, with one changed weight."""
+    import zipfile
+
+    data = bytearray(ckpt.read_bytes())
+    with zipfile.ZipFile(ckpt) as z:
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)
+    header = data[info.header_offset:info.header_offset + 30]
+    start = info.header_offset + 30 + int.from_bytes(header[26:28], "little") + int.from_bytes(header[28:30], "little")
+    data[start + info.file_size // 2] ^= 0x40
+    return bytes(data)
+
+
+def fake_cifar10(root: Path, data=None, labels=None) -> Path:
+    """A CIFAR-10 folder of 10-image pickles: int64 pixel values `data`, or labels as pairs."""
+    import pickle
+
+    import numpy as np
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    x = np.full((10, 3072), 7 if data is None else data, dtype=np.int64)
+    y = [[i % 10, 0] for i in range(10)] if labels == "pairs" else [i % 10 for i in range(10)]
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
+        (folder / name).write_bytes(pickle.dumps({b"data": x, b"labels": y}))
+    return root
+
+
+def autoattack_state_of_another_model(run: Path, tmp: Path) -> Path:
+    """An AutoAttack state file written, with the arguments row AASTATE uses, for the run's
+    checkpoint with its weights changed (another model, same data and settings)."""
+    from zerograd.evaluate import evaluate_path
+
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt.pop("sha256")
+    other = tmp / "other.pt"
+    torch.save({**ckpt, "model": {k: v * 1.5 if v.is_floating_point() else v
+                                  for k, v in ckpt["model"].items()}}, other)
+    state = tmp / "aa.state.pt"
+    evaluate_path(other, attack="autoattack", version="custom", attacks=["apgd-ce"], n=4,
+                  state=state, checks=False, write=False)
+    other.unlink()
+    return state
+
+
+def make_places(tmp: Path, run: Path, needed=()) -> dict[str, Path]:
     """The files and folders the table's placeholders stand for, made under `tmp`."""
     from tests.test_checkpoint import Payload
 
@@ -60,6 +106,7 @@ def make_places(tmp: Path, run: Path) -> dict[str, Path]:
     last.write_bytes(last.read_bytes()[:300])
     p["OLDRUN"] = _copy(p["UNFINISHED"], tmp / "oldrun")
     old = torch.load(p["OLDRUN"] / "checkpoints" / "last.pt", weights_only=True)
+    old.pop("sha256")  # an older zerograd's file: no content digest
     torch.save({**old, "format": "zerograd-checkpoint-1"}, p["OLDRUN"] / "checkpoints" / "last.pt")
     p["EDITED"] = _copy(p["UNFINISHED"], tmp / "edited")
     text = (p["EDITED"] / "config.yaml").read_text()
@@ -67,6 +114,7 @@ def make_places(tmp: Path, run: Path) -> dict[str, Path]:
     p["BADCFG"] = _copy(p["UNFINISHED"], tmp / "badcfg")
     (p["BADCFG"] / "config.yaml").write_text("epochs: [1\n")
     ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt.pop("sha256")  # the files made from it are other checkpoints, written without one
     p["EVIL"] = tmp / "evil.pt"
     torch.save({**ckpt, "extra": Payload(tmp / "pwned")}, p["EVIL"])
     p["TRUNC"] = tmp / "trunc.pt"
@@ -90,6 +138,8 @@ def make_places(tmp: Path, run: Path) -> dict[str, Path]:
     p["BADYAML"].write_text("epochs: [3\n")
     p["LISTYAML"] = tmp / "list.yaml"
     p["LISTYAML"].write_text("- epochs\n- 3\n")
+    for name in needed & set(LAZY):
+        p[name] = LAZY[name](tmp, run, p)
     p["DATA"] = tmp / "data"
     p["DATA"].mkdir()
     p["JUNKDATA"] = tmp / "junkdata"
@@ -98,6 +148,67 @@ def make_places(tmp: Path, run: Path) -> dict[str, Path]:
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]:
         (batches / name).write_bytes(b"\x80\x04 not a pickle")
     return p
+
+
+def _bomb(tmp: Path, run: Path, p: dict) -> Path:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    (tmp / "bomb.yaml").write_text("\n".join(lines) + "\ndescription: *a8\n")
+    return tmp / "bomb.yaml"
+
+
+def _recursive(tmp: Path, run: Path, p: dict) -> Path:
+    (tmp / "rec.yaml").write_text("model_args: &a {width: *a}\n")
+    return tmp / "rec.yaml"
+
+
+def _flipped(tmp: Path, run: Path, p: dict) -> Path:
+    (tmp / "flipped.pt").write_bytes(flip_a_weight_byte(run / "checkpoints" / "last.pt"))
+    return tmp / "flipped.pt"
+
+
+def _q_edited(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(p["UNFINISHED"], tmp / "qedited")
+    text = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(text.replace("\n  q: 0.35\n", "\n  q: 0.5\n"))
+    return folder
+
+
+def _bad_metrics(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "badmetrics")
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": "one", "train/loss": 1.0}\n')
+    return folder
+
+
+def _bad_metrics_unfinished(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(p["UNFINISHED"], tmp / "badmetricsu")
+    lines = (folder / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (folder / "metrics.jsonl").write_text('{"epoch": 1, "lr": "fast"}\n' + "".join(lines[1:]))
+    return folder
+
+
+def _bad_config_run(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "badcfgrun")
+    with open(folder / "config.yaml", "a") as f:
+        f.write("method_args: [1]\n")
+    return folder
+
+
+def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "badresult")
+    (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_acc": 0.9, "attack": {"name": "pgd"}}')
+    return folder
+
+
+LAZY = {  # placeholders made only for the rows that use them
+    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
+    "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
+    "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
+    "HOTDATA": lambda tmp, run, p: fake_cifar10(tmp / "hotdata", data=300),
+    "BADLABELS": lambda tmp, run, p: fake_cifar10(tmp / "badlabels", labels="pairs"),
+    "AASTATE": lambda tmp, run, p: autoattack_state_of_another_model(run, tmp),
+}
 
 
 def snapshot(root: Path) -> dict:
@@ -148,8 +259,8 @@ def test_bad_input_gets_the_documented_line(num, command, message, tmp_path, fin
 
     monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.chdir(tmp_path)
-    places = make_places(tmp_path, finished_run)
-    words = command.split()[1:]  # drop "zerograd"
+    words = shlex.split(command)[1:]  # drop "zerograd"
+    places = make_places(tmp_path, finished_run, needed=set(words))
     argv = [str(places.get(w, w)) for w in words]
     before = snapshot(tmp_path)
     if command in SUBPROCESS_ROWS:

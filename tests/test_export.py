@@ -55,7 +55,7 @@ def test_metadata_describes_the_model(tmp_path):
     run = fake_run(tmp_path, width=4)
     meta = json.loads((export_model(run) / "model.json").read_text())
     info = DATASETS["digits"]
-    assert (meta["architecture"], meta["model_args"], meta["num_classes"]) == ("small_cnn", {"width": 4}, 10)
+    assert (meta["architecture"], meta["model_args"], meta["num_classes"]) == ("small_cnn", {"width": 4, "batch_norm": True}, 10)  # every effective value
     assert meta["mean"] == list(info.mean) and meta["std"] == list(info.std)
     assert meta["input_range"] == [0.0, 1.0] and meta["threat_model"] == "Linf"
     assert meta["eps"] == 0.2 and meta["dataset"] == "digits" and meta["checkpoint_epoch"] == 4

@@ -142,3 +142,13 @@ def test_cpu_co_experiment_fgsm_rs_overfits_and_zerograd_does_not(tmp_path, shar
     assert co_epoch(read_run(tmp_path / "fgsm_rs-a2-s0")) is not None
     assert co_epoch(read_run(tmp_path / "zerograd-q0.65-s0")) is None
     assert "| fgsm_rs alpha=2 | 1 | 1/1 |" in report.read_text()
+
+
+def test_settings_that_differ_in_epochs_eps_or_model_get_distinct_labels():
+    from zerograd.report import distinct_labels, setting_key
+
+    base = {"method": "zerograd", "method_args": {}, "epochs": 10, "eps": 0.2, "model": "small_cnn", "seed": 0}
+    configs = [base, {**base, "seed": 1}, {**base, "epochs": 20}, {**base, "eps": 0.1, "model": "preact_resnet18"}]
+    labels = distinct_labels(configs)
+    assert len(labels) == 3 and len(set(labels.values())) == 3  # seeds are one setting
+    assert labels[setting_key(configs[2])] == "zerograd · epochs=20 eps=0.2 model=small_cnn"

@@ -4,6 +4,7 @@ ZeroGrad and MultiGrad (Golgooni et al.) with the FGSM, FGSM-RS, N-FGSM, GradAli
 baselines; evaluation by PGD with restarts and AutoAttack; diagnostics of catastrophic
 overfitting. Models take pixels in [0, 1]; eps is absolute, every step size a multiple of eps.
 """
+from . import evaluate as _evaluate_app  # noqa: F401 (loaded first, so the name below stays the function)
 from .accuracy import evaluate
 from .config import Config, load_config
 from .errors import ConfigError, StorageError, ZerogradError

@@ -2,6 +2,7 @@
 implementation behind validation, the final test evaluation, `zerograd eval` and the checks."""
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -9,7 +10,21 @@ import torch
 from .attacks import correct, fgsm_robust, pgd_robust
 from .autoattack import autoattack, resolve_plan
 from .data import Split, batches, to_float
-from .runtime import eval_mode
+from .errors import ConfigError
+from .runtime import check_pixels, eval_mode
+
+
+def check_split(split: Split) -> None:
+    """The library contract on a split (docs/api.md): images uint8 (0..255) or float pixels in
+    [0, 1], labels an integer vector of the same length; one clear ConfigError otherwise."""
+    x, y = getattr(split, "x", None), getattr(split, "y", None)
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise ConfigError("evaluate needs a Split(x, y) of tensors: images (N, C, H, W), labels (N,)")
+    if x.dtype != torch.uint8:
+        check_pixels(x, "split.x")
+    if y.dim() != 1 or y.is_floating_point() or y.dtype == torch.bool or len(y) != len(x):
+        raise ConfigError(f"split.y must be integer labels of shape ({len(x)},), got {y.dtype} "
+                          f"{tuple(y.shape)}")
 
 
 def robust_flags(model, split: Split, attack: str, *, eps: float, batch_size: int = 256,
@@ -17,6 +32,7 @@ def robust_flags(model, split: Split, attack: str, *, eps: float, batch_size: in
     """Per-sample (clean, robust) bool tensors for `attack` in {'pgd', 'fgsm', 'none'}.
     With `seed`, the RNG is reseeded per batch, so two PGD runs with the same seed share
     their random starts (the sanity checks compare PGD-k with PGD-2k point by point)."""
+    check_split(split)
     clean, robust = [], []
     with eval_mode(model):
         for i, (x, y) in enumerate(batches(split, batch_size, shuffle=False, augment=False)):
@@ -34,6 +50,21 @@ def robust_flags(model, split: Split, attack: str, *, eps: float, batch_size: in
     return torch.cat(clean), torch.cat(robust)
 
 
+def check_attack_args(*, eps, steps: int = 1, restarts: int = 1, alpha: float = 1.0,
+                      batch_size: int = 1) -> None:
+    """Finite numbers in range, before any work: eps in [0, 1], alpha > 0, counts >= 1."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    if not (number(eps) and 0 <= eps <= 1):
+        raise ConfigError(f"eps={eps!r} is invalid: must be in [0, 1] (absolute; e.g. 8/255)")
+    if not (number(alpha) and alpha > 0):
+        raise ConfigError(f"alpha={alpha!r} is invalid: must be a finite number > 0 (a multiple of eps)")
+    for name, value in (("steps", steps), ("restarts", restarts), ("batch_size", batch_size)):
+        if not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            raise ConfigError(f"{name}={value!r} is invalid: must be an integer >= 1")
+
+
 def summary(clean: torch.Tensor, robust: torch.Tensor, attack: dict, start: float) -> dict:
     """The accuracies of per-sample flags, the attack's description, and seconds since start."""
     return {
@@ -48,8 +79,10 @@ def summary(clean: torch.Tensor, robust: torch.Tensor, attack: dict, start: floa
 def evaluate(model, split: Split, *, eps: float, steps: int = 50, restarts: int = 10,
              alpha: float = 0.25, batch_size: int = 256, seed: int | None = None,
              flags=robust_flags) -> dict:
-    """Clean and PGD-steps-restarts accuracy on a split (alpha in units of eps). `flags` is
+    """Clean and PGD-steps-restarts accuracy on a split (alpha in units of eps). The split's
+    images are uint8 (0..255) or float pixels in [0, 1] and are never modified. `flags` is
     `robust_flags` or a drop-in (e.g. sharded over processes)."""
+    check_attack_args(eps=eps, steps=steps, restarts=restarts, alpha=alpha, batch_size=batch_size)
     start = time.perf_counter()
     clean, robust = flags(model, split, "pgd", eps=eps, batch_size=batch_size, seed=seed,
                           steps=steps, restarts=restarts, alpha=alpha)
@@ -71,6 +104,7 @@ def evaluate_autoattack(model, split: Split, *, eps: float, version: str = "stan
     state_path), with the robust accuracy after each attack and each attack's seconds.
     attack_params overrides attack settings, e.g. {"square": {"n_queries": 1000}}."""
     start = time.perf_counter()
+    check_split(split)
     names, params = resolve_plan(version, attacks, attack_params)
     with eval_mode(model):
         res = autoattack(model, to_float(split.x), split.y, eps=eps, version=version,

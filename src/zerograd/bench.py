@@ -28,10 +28,12 @@ import torch.nn.functional as F
 
 from .config import Config, apply
 from .errors import ConfigError
-from .methods import input_grad
+from .methods import METHODS, REGULARIZERS, input_grad
 from .models import build_model
 from .registry import Registry
 from .training.objective import Objective
+
+MAX_THREADS = 1024
 
 # name -> the config keys of the benchmarked setting (the paper's settings)
 BENCH_METHODS: Registry[dict] = Registry("benchmark method")
@@ -132,6 +134,33 @@ def _timed(fn, device: str) -> float:
     return time.perf_counter() - t0
 
 
+def bench_names(methods: list[str] | None) -> list[str]:
+    """The settings to time: all, or those named. A name is a setting (`pgd10`) or a training
+    method or regularizer as `train` names it (`pgd`: every PGD setting; `grad_align`: the
+    GradAlign one), so one naming works in both; unknown names get did-you-mean."""
+    if not methods:
+        return list(BENCH_METHODS)
+    names: list[str] = []
+    for name in methods:
+        if name in BENCH_METHODS:
+            chosen = [name]
+        else:
+            chosen = [n for n, keys in BENCH_METHODS.items()
+                      if (name in METHODS and keys["method"] == name and "grad_align" not in keys)
+                      or (name in REGULARIZERS and keys.get(name))]
+            if not chosen:
+                BENCH_METHODS[name]  # unknown: one line with did-you-mean
+        names += [n for n in chosen if n not in names]
+    return names
+
+
+def train_settings(name: str) -> str:
+    """A benchmarked setting as `zerograd train` overrides, e.g. 'method=pgd method_args.steps=2'."""
+    keys = BENCH_METHODS[name]
+    parts = [f"method={keys['method']}"] + [f"method_args.{k}={v}" for k, v in keys.get("method_args", {}).items()]
+    return " ".join(parts + [f"{k}={v}" for k, v in keys.items() if k not in ("method", "method_args")])
+
+
 def bench_setup(model: str, batch_size: int, device: str, image_size: int):
     """The benchmarked network (train mode), its optimizer and one random batch, seeded."""
     torch.manual_seed(0)
@@ -211,11 +240,11 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
     of the paper's Sec. 4.4 table and 'paper': its rows (`paper_table`) and 'passes'."""
     if paper and methods:
         raise ConfigError("--paper times the paper's methods; it cannot be combined with --methods")
-    names = [row[0] for row in PAPER_TIMES.values()] if paper else (methods or list(BENCH_METHODS))
-    for name in names:
-        BENCH_METHODS[name]  # unknown names: one line with did-you-mean
+    names = [row[0] for row in PAPER_TIMES.values()] if paper else bench_names(methods)
     if batch_size < 1 or repeats < 1:
         raise ConfigError(f"--batch-size={batch_size} and --repeats={repeats} must both be >= 1")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"--threads={threads} is invalid: must be in 1..{MAX_THREADS}")
     if threads is not None:
         torch.set_num_threads(threads)
     net, opt, x, y = bench_setup(model, batch_size, device, image_size)
@@ -236,7 +265,7 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
     report = {
         "model": model, "batch_size": batch_size, "repeats": repeats, "device": device,
         "threads": torch.get_num_threads(), "baseline": base_name,
-        "methods": {n: {"s_per_step": statistics.median(t),
+        "methods": {n: {"train": train_settings(n), "s_per_step": statistics.median(t),
                         "ratio": statistics.median(a / b for a, b in zip(t, timings[base_name]))}
                     for n, t in timings.items()},
     }
@@ -256,10 +285,10 @@ def run_bench(model: str = "preact_resnet18", batch_size: int = 128, repeats: in
         print(f"{model}, batch {batch_size}, {device}, {torch.get_num_threads()} threads, "
               f"median of {repeats}")
         mem_head = f"{'peak MB':>10}{'step MB':>10}{'vs ' + base_name:>14}" if memory else ""
-        print(f"{'method':<16}{'s/step':>10}{'vs ' + base_name:>14}{mem_head}")
+        print(f"{'setting':<18}{'s/step':>10}{'vs ' + base_name:>14}{mem_head}  as train --set")
         for n, m in report["methods"].items():
             mem = f"{m['peak_mb']:>10.0f}{m['step_mb']:>10.0f}{m['mem_ratio']:>13.2f}x" if memory else ""
-            print(f"{n:<16}{m['s_per_step']:>10.3f}{m['ratio']:>13.2f}x{mem}")
+            print(f"{n:<18}{m['s_per_step']:>10.3f}{m['ratio']:>13.2f}x{mem}  {m['train']}")
         if paper:
             print("\nthe paper's Sec. 4.4 (T4 GPU, half precision, CIFAR-10, 30 epochs) beside this run")
             print(format_paper_table(report["paper"], report["passes"]))

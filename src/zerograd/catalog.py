@@ -5,7 +5,17 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from .config import Config, load_config, preset_names, preset_reference, read_preset
+from .config import (
+    OWNED,
+    REGISTRIES,
+    Config,
+    load_config,
+    preset_names,
+    preset_reference,
+    read_preset,
+)
+
+OWNER_OF = {section: owner for owner, section in OWNED.items()}
 
 HEADER = """# Presets
 
@@ -70,8 +80,17 @@ def _section(name: str, ref: dict) -> str:
 
 
 def _settings(cfg: Config) -> str:
-    """The config values that differ from Config()'s, as `key=value`."""
+    """The config values that differ from Config()'s, as `key=value`: the method's arguments in
+    full, a model's or schedule's only where they differ from its signature's defaults."""
     default, values = Config().to_dict(), cfg.to_dict()
+    default["method_args"] = {}
+    for section, registry in REGISTRIES.items():
+        if section == "method_args":
+            continue
+        owner = values[OWNER_OF[section]]
+        defaults = registry.defaults(owner)
+        values[section] = {k: v for k, v in values[section].items() if defaults.get(k, object()) != v}
+        default[section] = {}
     shown = [f"`{key}={_value(key, value)}`" for key, value in values.items()
              if key != "description" and value != default[key]]
     return ", ".join(shown) or "none"

@@ -1,7 +1,13 @@
-"""Checkpoint files: atomic writes (files.atomic_write) and loading that never runs code
-(`torch.load(weights_only=True)`); every failure becomes one clear line."""
+"""Checkpoint files: atomic writes (files.atomic_write), a SHA-256 of the content stored inside
+and verified on load, and loading that never runs code (`torch.load(weights_only=True)`);
+every failure becomes one clear line.
+
+The digest (`sha256` entry) covers every key, number, string and tensor byte of the saved
+mapping. Files written before it existed (zerograd-checkpoint-2 without `sha256`) still load,
+unverified: nothing in them says what their bytes should be."""
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 import re
@@ -13,11 +19,39 @@ import torch
 from .errors import ConfigError
 from .files import atomic_write
 
+DIGEST = "sha256"
+
+
+def content_digest(obj, h=None) -> str:
+    """Hex SHA-256 of plain data (dicts, lists, tuples, tensors, numbers, strings, None), the
+    same wherever the tensors live; a dict's `sha256` entry is left out at the top level."""
+    top = h is None
+    h = hashlib.sha256() if top else h
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}".encode())
+        for key in sorted(obj, key=repr):
+            if top and key == DIGEST:
+                continue
+            h.update(repr(key).encode())
+            content_digest(obj[key], h)
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}".encode())
+        for item in obj:
+            content_digest(item, h)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r}".encode())
+    return h.hexdigest()
+
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
-    """torch.save `state` (tensors, numbers, strings, lists, dicts only) atomically."""
+    """torch.save `state` (tensors, numbers, strings, lists, dicts only) with the SHA-256 of
+    its content, atomically."""
     buf = io.BytesIO()
-    torch.save(state, buf)
+    torch.save({**state, DIGEST: content_digest(state)}, buf)
     atomic_write(path, buf.getvalue())
 
 
@@ -44,6 +78,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         ) from None
     if not isinstance(state, dict):
         raise ConfigError(f"checkpoint {str(path)!r} is not a zerograd checkpoint (expected a mapping)")
+    if DIGEST in state and state.pop(DIGEST) != content_digest(state):
+        raise ConfigError(f"checkpoint {str(path)!r} is corrupt: its content does not match the "
+                          "SHA-256 stored in it (changed bytes); use another checkpoint")
     return state
 
 

@@ -1,11 +1,15 @@
-"""Command line: each subcommand maps its flags to one library call. A ZerogradError is printed
-as one line, `zerograd: error: ...`, with exit code 2 and no traceback."""
+"""Command line: each subcommand maps its flags to one library call. Every command ends in exit
+0; or one line `zerograd: error: ...` and exit 2 for bad input (a ZerogradError); or one line
+`zerograd: internal error: ...` and exit 1 for anything unexpected (the traceback only under
+`--debug`)."""
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from .bench import run_bench
@@ -23,6 +27,11 @@ from .runfolder import resume_config
 from .sanity import format_checks
 from .selftest import main as run_selftest
 from .train import train
+from .version import __version__
+
+DESCRIPTION = ("zerograd: fast adversarial training without catastrophic overfitting "
+               "(ZeroGrad, MultiGrad and baselines), evaluation by PGD and AutoAttack, "
+               "diagnostics and reports.")
 
 
 def _train(args) -> int:
@@ -114,8 +123,39 @@ def _measure(args) -> int:
     return 0
 
 
+def int64(text: str) -> int:
+    """An integer option: what torch and numpy can hold (argparse names this type in errors)."""
+    value = int(text)
+    if abs(value) > 2**63 - 1:
+        raise ValueError(text)
+    return value
+
+
+def finite(text: str) -> float:
+    """A float option: a finite number (NaN and infinities are refused by argparse)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(text)
+    return value
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with the option's default, unless it is none or the line names it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line like every other error (exit 2)."""
+    """argparse whose usage errors are one line like every other error (exit 2), and whose
+    help shows each option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         command = self.prog.split(" ", 1)[1] + " " if " " in self.prog else ""
@@ -138,16 +178,22 @@ def _reproduce(args) -> int:
     return 0
 
 
+DATA_DIR_HELP = "folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zerograd", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="zerograd", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"zerograd {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of an internal error")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("train", help="train a model (see `zerograd presets`)")
     p.add_argument("--preset", help="preset name or a YAML file")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config key, e.g. --set eps=8/255 --set method_args.q=0.4")
     p.add_argument("--out", help="run folder (default runs/PRESET-TIMESTAMP)")
-    p.add_argument("--data-dir", help="folder with the datasets' standard files (or $ZEROGRAD_DATA_DIR)")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
     p.add_argument("--resume", metavar="RUN", help="continue the unfinished run folder RUN exactly")
@@ -156,20 +202,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="clean and robust accuracy (PGD, FGSM, AutoAttack) of a "
                        "run folder or checkpoint, with gradient-masking checks and a results file")
     p.add_argument("path", help="run folder or checkpoint file")
-    p.add_argument("--attack", default="pgd", help="pgd (default), fgsm or autoattack")
+    p.add_argument("--attack", default="pgd", help="pgd, fgsm or autoattack")
     p.add_argument("--version", default="standard",
-                   help="AutoAttack version: standard (default), plus, rand or custom")
+                   help="AutoAttack version: standard, plus, rand or custom")
     p.add_argument("--attacks", nargs="+", help="AutoAttack attacks for --version custom "
                    "(apgd-ce apgd-dlr apgd-t fab fab-t square)")
-    p.add_argument("--n", type=int, help="evaluate the first N test images")
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--restarts", type=int, default=10)
-    p.add_argument("--alpha", type=float, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
+    p.add_argument("--n", type=int64, help="evaluate the first N test images")
+    p.add_argument("--steps", type=int64, default=None, help="PGD steps (default: the run's test_pgd_steps)")
+    p.add_argument("--restarts", type=int64, default=None, help="PGD restarts (default: the run's test_restarts)")
+    p.add_argument("--alpha", type=finite, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
     p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder")
-    p.add_argument("--data-dir")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--batch-size", type=int64, default=256, help="evaluation batch size")
+    p.add_argument("--seed", type=int64, default=0, help="seed of the attacks' random starts")
     p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json)")
     p.add_argument("--state", help="AutoAttack state file to resume from (default: beside the "
                    "results file, deleted when done)")
@@ -182,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(safetensors + model.json)")
     p.add_argument("path", help="run folder or checkpoint file")
     p.add_argument("--out", help="folder (default RUN/export)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder")
+    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty folder")
     p.set_defaults(func=_export)
 
@@ -194,17 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_presets)
 
     p = sub.add_parser("bench", help="time one training step of each method side by side")
-    p.add_argument("--model", default="preact_resnet18")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--methods", nargs="*", help="subset of the benchmarked methods")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--model", default="preact_resnet18", help="model to time")
+    p.add_argument("--batch-size", type=int64, default=128, help="training batch size")
+    p.add_argument("--repeats", type=int64, default=3, help="timed steps per method")
+    p.add_argument("--methods", nargs="*", help="settings to time: their names (pgd10), or training "
+                   "method or regularizer names as train uses them (pgd, grad_align)")
+    p.add_argument("--threads", type=int64, default=None, help="torch threads (default: torch's)")
     p.add_argument("--memory", action="store_true",
                    help="also each step's peak memory (CPU: RSS high-water mark, a process per method)")
     p.add_argument("--paper", action="store_true",
                    help="the paper's Sec. 4.4 timing table as ratios beside the measured ones and "
                    "each method's compute-bound limit (attack passes a, update u) from this run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("measure", help="the paper's Table 10 (sign disagreement with PGD-10, no "
@@ -225,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="report.md and plots from run folders (CO events, diagnostics, tables)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="run folders")
     p.add_argument("--out", help="report folder (default: the run folder, if only one)")
-    p.add_argument("--gradient-images", type=int, default=4,
+    p.add_argument("--gradient-images", type=int64, default=4,
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=_report)
 
     p = sub.add_parser("selftest", help="one step of every method in each precision and layout this "
@@ -240,13 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
     p.add_argument("name", help="experiment name (e.g. cpu-co)")
     p.add_argument("--out", help="folder of the runs and the report (default runs/NAME)")
-    p.add_argument("--seeds", type=int, nargs="*", help="override the experiment's seeds")
+    p.add_argument("--seeds", type=int64, nargs="*", help="override the experiment's seeds")
     p.add_argument("--only", nargs="*", help="run only these settings (by name)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
-    p.add_argument("--data-dir")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--data-dir", help=DATA_DIR_HELP)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.set_defaults(func=_reproduce)
     return parser
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    """A message as one line of at most `limit` characters."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,12 +308,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ZerogradError as e:
-        print(f"zerograd: error: {e}", file=sys.stderr)
+        print(f"zerograd: error: {_one_line(e, 2000)}", file=sys.stderr)
         return 2
     except OSError as e:  # the machine, not the input: a full disk, a vanished folder
         where = f" ({e.filename})" if e.filename else ""
-        print(f"zerograd: error: {e.strerror or e}{where}", file=sys.stderr)
+        print(f"zerograd: error: {_one_line(e.strerror or e)}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("zerograd: interrupted", file=sys.stderr)
         return 130
+    except (Exception, RecursionError, MemoryError) as e:  # noqa: BLE001 (the last resort: a bug, in one line)
+        if args.debug:
+            traceback.print_exc()
+        print(f"zerograd: internal error: {type(e).__name__}: {_one_line(e)} (a bug; rerun with "
+              f"--debug for the traceback and report it)", file=sys.stderr)
+        return 1

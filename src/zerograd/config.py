@@ -3,6 +3,7 @@ field types, and validation that runs before any work starts."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from torch import nn
 
 from .data import DATASETS, PAD_MODES
 from .errors import ConfigError
+from .files import dump_yaml, load_yaml, read_yaml
 from .methods import METHODS
 from .models import MODELS, build_model
 from .options import DiagnosticsOptions, GuardOptions
@@ -71,7 +73,9 @@ class Config:
     test_pgd_steps: int = 50
     test_restarts: int = 10
     test_alpha: float = 0.25
-    keep_epoch_checkpoints: bool = True  # needed for rolling back
+    # epoch-N.pt (weights + optimizer, ~2x the model: ~90 MB for PreActResNet-18): true keeps
+    # every epoch's (the CO guard's rollback needs them), false none, an integer K the last K
+    keep_epoch_checkpoints: bool | int = True
     nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
     nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
     nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
@@ -96,30 +100,44 @@ OWNED = {"method": "method_args", "model": "model_args", "schedule": "schedule_a
 # --------------------------------------------------------------------------- parsing
 
 
+MAX_INT = 2**63 - 1  # what torch and numpy hold in an int64
+MAX_SEED = 2**32 - 1  # numpy's RandomState takes seeds in 0..2**32 - 1
+MAX_FLOAT = 3.4028234663852886e38  # float32's largest: torch refuses larger factors for its tensors
+
+
 def parse_number(value, name: str, kind: type):
-    """Coerce value to int or float; accepts "8/255" for floats. ConfigError otherwise."""
+    """Coerce value to int or float; accepts "8/255" for floats. ConfigError otherwise, and
+    for NaN, an infinity, a float beyond float32 or an integer beyond int64 (values torch
+    and numpy refuse)."""
     if isinstance(value, bool):
         raise ConfigError(f"{name}={value!r} has the wrong type: expected {kind.__name__}")
     if kind is int:
-        if isinstance(value, int):
-            return value
         if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
+            value = int(value)
+        if not isinstance(value, int):
+            raise ConfigError(f"{name}={value!r} has the wrong type: expected an integer")
+        if abs(value) > MAX_INT:
+            raise ConfigError(f"{name}={value} is invalid: must be within +-{MAX_INT}")
+        return value
+    number = None
     if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, str):  # from the command line: "0.03", "8/255"
+        number = float(value) if abs(value) < 1e308 or isinstance(value, float) else math.inf
+    elif isinstance(value, str):  # from the command line: "0.03", "8/255"
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
-    if isinstance(value, str) and "/" in value:
-        num, _, den = value.partition("/")
-        try:
-            return float(num) / float(den)
-        except (ValueError, ZeroDivisionError):
-            pass
-    raise ConfigError(f"{name}={value!r} has the wrong type: expected a number (e.g. 0.03 or 8/255)")
+            num, sep, den = value.partition("/")
+            try:
+                number = float(num) / float(den) if sep else None
+            except (ValueError, ZeroDivisionError, OverflowError):
+                pass
+    if number is None:
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected a number (e.g. 0.03 or 8/255)")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}={value!r} is invalid: must be a finite number")
+    if abs(number) > MAX_FLOAT:
+        raise ConfigError(f"{name}={value!r} is invalid: must be within +-{MAX_FLOAT:.4g} (float32)")
+    return number
 
 
 def coerce(value, annotation, name: str):
@@ -131,6 +149,13 @@ def coerce(value, annotation, name: str):
             return None
         raise ConfigError(f"{name} must not be null: expected {ann}")
     kinds = [o for o in options if o != "None"]
+    if len(kinds) > 1:  # a union: the first kind that takes the value
+        for kind in kinds:
+            try:
+                return coerce(value, kind, name)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{name}={value!r} has the wrong type: expected {' or '.join(kinds)}")
     kind = kinds[0] if kinds else "object"
     if kind in ("int", "float"):
         return parse_number(value, name, int if kind == "int" else float)
@@ -194,8 +219,8 @@ def parse_override(text: str) -> dict:
     if not sep or not key:
         raise ConfigError(f"--set {text!r} is not of the form key=value (e.g. --set eps=8/255)")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError:  # not YAML (or an alias): the text itself
         value = raw
     head, _, rest = key.partition(".")
     if rest:
@@ -237,10 +262,7 @@ def _read_preset(name: str, _seen: tuple = ()) -> tuple[dict, dict]:
             raise ConfigError(
                 f"unknown preset {name!r}{did_you_mean(name, names)}; valid: {', '.join(names)}"
             )
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"preset {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    data = read_yaml(path, f"preset {str(path)!r}") or {}
     if not isinstance(data, dict):
         raise ConfigError(f"preset {str(path)!r} must be a mapping of config keys")
     reference = data.pop("reference", None) or {}
@@ -301,6 +323,7 @@ def validate(cfg: Config) -> Config:
     """Check every value and name; returns cfg with nested sections type-coerced."""
     _require(0 < cfg.eps <= 1, f"eps={cfg.eps!r} is invalid: must be in (0, 1] (pixels are in [0, 1]; e.g. 8/255)")
     _require(cfg.epochs >= 1, f"epochs={cfg.epochs} is invalid: must be >= 1")
+    _require(0 <= cfg.seed <= MAX_SEED, f"seed={cfg.seed} is invalid: must be in 0..{MAX_SEED}")
     _require(cfg.batch_size >= 1, f"batch_size={cfg.batch_size} is invalid: must be >= 1")
     _require(cfg.lr_max > 0, f"lr_max={cfg.lr_max} is invalid: must be > 0")
     _require(cfg.momentum >= 0, f"momentum={cfg.momentum} is invalid: must be >= 0")
@@ -329,6 +352,9 @@ def validate(cfg: Config) -> Config:
     _require(cfg.multigrad_ranks == 1 or cfg.method == "multigrad",
              f"multigrad_ranks={cfg.multigrad_ranks} spreads MultiGrad's starts and needs method=multigrad "
              f"(method is {cfg.method!r}); use multigrad_ranks=1")
+    _require(cfg.keep_epoch_checkpoints is True or cfg.keep_epoch_checkpoints >= 0,
+             f"keep_epoch_checkpoints={cfg.keep_epoch_checkpoints} is invalid: must be true, false "
+             "or a number of epochs >= 0")
     _require(cfg.nan_policy in NAN_POLICIES,
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")
@@ -359,10 +385,12 @@ def validate(cfg: Config) -> Config:
                 )
             values[key] = coerce(value, allowed[key], f"{section}.{key}")
         nested[section] = values
-    cfg = dataclasses.replace(cfg, **nested)
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
                            ("schedule_args", cfg.schedule)):
-        REGISTRIES[section].check(owner, getattr(cfg, section))
+        REGISTRIES[section].check(owner, nested[section])
+        # every effective value, so config.yaml and checkpoints record what was used
+        nested[section] = {**REGISTRIES[section].defaults(owner), **nested[section]}
+    cfg = dataclasses.replace(cfg, **nested)
     return check_options(cfg)
 
 
@@ -384,7 +412,7 @@ def check_options(cfg: Config) -> Config:
 
 
 def to_yaml(cfg: Config, extra: dict | None = None) -> str:
-    return yaml.safe_dump({**cfg.to_dict(), **(extra or {})}, sort_keys=False)
+    return dump_yaml({**cfg.to_dict(), **(extra or {})})
 
 
 def from_yaml_dict(data: dict) -> Config:

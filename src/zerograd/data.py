@@ -294,12 +294,44 @@ def _read_cifar_files(root: Path, files, label_key: bytes) -> tuple[np.ndarray, 
     xs, ys = [], []
     for f in files:
         batch = _load_pickle(root / f)
-        try:
-            xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch[label_key], dtype=np.int64))
-        except (KeyError, ValueError) as e:
-            raise ConfigError(f"dataset file {root / f} has unexpected contents: {e!r}") from None
+        if b"data" not in batch or label_key not in batch:
+            raise ConfigError(f"dataset file {root / f} has unexpected contents: no "
+                              f"{(b'data' if b'data' not in batch else label_key).decode()!r} entry")
+        x = _pixels(batch[b"data"], root / f)
+        if x.ndim != 2 or x.shape[1] != 3 * 32 * 32:
+            raise ConfigError(f"dataset file {root / f} has images of shape {x.shape}; expected (N, 3072)")
+        xs.append(x.reshape(-1, 3, 32, 32))
+        ys.append(_labels(batch[label_key], root / f))
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _pixels(value, path: Path) -> np.ndarray:
+    """A file's images as uint8, refusing anything that would wrap or round: a non-integer
+    dtype, or values outside 0..255."""
+    try:
+        x = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"dataset file {path} has unreadable images ({e})") from None
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind not in "iu" or x.size == 0:
+        raise ConfigError(f"dataset file {path} has images of dtype {x.dtype}; expected integers 0..255")
+    low, high = int(x.min()), int(x.max())
+    if low < 0 or high > 255:
+        raise ConfigError(f"dataset file {path} has pixel values in {low}..{high}; expected 0..255")
+    return x.astype(np.uint8)
+
+
+def _labels(value, path: Path) -> np.ndarray:
+    """A file's labels as an int64 vector, refusing anything that is not a 1-D list of ints."""
+    try:
+        y = np.asarray(value)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"dataset file {path} has unreadable labels ({e})") from None
+    if y.ndim != 1 or (y.size and y.dtype.kind not in "iu"):
+        raise ConfigError(f"dataset file {path} has labels of dtype {y.dtype} and shape {y.shape}; "
+                          "expected a 1-D list of integers")
+    return y.astype(np.int64)
 
 
 def _read_cifar10(root: Path):
@@ -319,9 +351,14 @@ def _read_svhn(root: Path):
         raise ConfigError("reading SVHN needs scipy: pip install scipy") from None
     out = []
     for f in ("train_32x32.mat", "test_32x32.mat"):
-        mat = loadmat(root / f)
-        x = np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1), dtype=np.uint8)  # HWCN -> NCHW
-        y = mat["y"].reshape(-1).astype(np.int64)
+        try:
+            mat = loadmat(root / f)
+        except Exception as e:  # noqa: BLE001 (scipy raises many kinds for a foreign file)
+            raise ConfigError(f"cannot read dataset file {root / f}: {type(e).__name__}: {e}") from None
+        if "X" not in mat or "y" not in mat or np.ndim(mat["X"]) != 4:
+            raise ConfigError(f"dataset file {root / f} has unexpected contents: expected X (H, W, C, N) and y")
+        x = np.ascontiguousarray(_pixels(mat["X"], root / f).transpose(3, 2, 0, 1))  # HWCN -> NCHW
+        y = _labels(np.asarray(mat["y"]).reshape(-1), root / f)
         y[y == 10] = 0  # SVHN stores digit 0 as label 10
         out += [x, y]
     return tuple(out)
@@ -413,9 +450,14 @@ def load_data(
 # --------------------------------------------------------------------------- batching
 
 
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float32 in [0, 1] (x / 255)."""
-    return x_uint8.to(torch.float32).div_(255)
+def to_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> a new float32 tensor in [0, 1] (x / 255); float pixels (already in
+    [0, 1]) as float32. The argument is never modified."""
+    if x.dtype == torch.uint8:
+        return x.to(torch.float32).div_(255)  # .to made a copy: dividing in place is safe
+    if x.is_floating_point():
+        return x.to(torch.float32)
+    raise ConfigError(f"images must be uint8 (0..255) or float pixels in [0, 1], got {x.dtype}")
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str = "zeros",

@@ -2,6 +2,7 @@
 checkpoint on the test split, the gradient-masking checks, and a results file."""
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from .accuracy import evaluate, evaluate_autoattack, evaluate_fgsm
 from .autoattack import resolve_plan
-from .config import parse_number
+from .config import MAX_SEED, parse_number
 from .data import check_available, load_data
 from .errors import ConfigError
 from .files import write_json
@@ -25,22 +26,25 @@ for _name, _what in (("pgd", "PGD with restarts"), ("fgsm", "FGSM"), ("autoattac
 
 
 def _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version, attacks,
-                     attack_params, check_steps) -> float | None:
+                     attack_params, check_steps, seed=None) -> float | None:
     """Every eval argument checked before any work; returns eps as a number (or None)."""
     EVAL_ATTACKS[attack]  # unknown names: one line with did-you-mean
     for name, value, low in (("--n", n, 1), ("--steps", steps, 1), ("--restarts", restarts, 1),
-                             ("--batch-size", batch_size, 1), ("--check-steps", check_steps, 1)):
+                             ("--batch-size", batch_size, 1), ("--check-steps", check_steps, 1),
+                             ("--seed", seed, 0)):
         if value is not None and value < low:
             raise ConfigError(f"{name}={value} is invalid: must be >= {low}")
-    if alpha is not None and alpha <= 0:
-        raise ConfigError(f"--alpha={alpha} is invalid: must be > 0 (a multiple of eps)")
+    if seed is not None and seed > MAX_SEED:
+        raise ConfigError(f"--seed={seed} is invalid: must be in 0..{MAX_SEED}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise ConfigError(f"--alpha={alpha} is invalid: must be a finite number > 0 (a multiple of eps)")
     if attack == "autoattack":
         resolve_plan(version, attacks, attack_params)
     elif attacks or attack_params or version != "standard":
         raise ConfigError(f"--version/--attacks choose AutoAttack's attacks; they need "
                           f"--attack autoattack, not --attack {attack}")
     eps_value = None if eps is None else parse_number(eps, "--eps", float)
-    if eps_value is not None and not 0 < eps_value <= 1:
+    if eps_value is not None and not 0 < eps_value <= 1:  # NaN fails this too
         raise ConfigError(f"--eps={eps} is invalid: must be in (0, 1] (e.g. 8/255)")
     return eps_value
 
@@ -65,7 +69,7 @@ def _progress_printer(quiet: bool):
     return progress
 
 
-def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, alpha=None,
+def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=None, alpha=None,
                   eps=None, which="last", data_dir=None, batch_size=256, seed=0, device="auto",
                   version: str = "standard", attacks: list[str] | None = None, state=None,
                   attack_params: dict | None = None, out=None, checks: bool = True,
@@ -73,14 +77,17 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, a
     """`zerograd eval`: clean and robust accuracy (PGD, FGSM or AutoAttack) of a run or
     checkpoint on the test split, the gradient-masking checks, and a results file (returned
     as a dict; written to RUN/evals/, beside the checkpoint, or to `out`). PGD's alpha (units
-    of eps) defaults to the run's test_alpha (0.25: 2/255 at the paper's eps of 8/255). AutoAttack resumes from its
+    of eps), steps and restarts default to the run's test_alpha, test_pgd_steps and
+    test_restarts (0.25, 50, 10 unless the run chose others). AutoAttack resumes from its
     state file (`state`, default beside the results file) and deletes it when done."""
     eps_value = _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version,
-                                 attacks, attack_params, check_steps)
+                                 attacks, attack_params, check_steps, seed)
     dev = resolve_device(device)
     model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir)
     eps_value = cfg.eps if eps_value is None else eps_value
     alpha = cfg.test_alpha if alpha is None else alpha
+    steps = cfg.test_pgd_steps if steps is None else steps
+    restarts = cfg.test_restarts if restarts is None else restarts
     check_available(cfg.dataset, cfg.data_dir)
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, test_subset=n,
                      device=dev, seed=cfg.seed)
@@ -97,8 +104,6 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, a
             f".{target.stem}.{facts['checkpoint_sha256'][:12]}.state.pt")
         _check_writable(state_path, "state file")
 
-    if write:
-        target.parent.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)
     if attack == "pgd":
         result = evaluate(model, data.test, eps=eps_value, steps=steps, restarts=restarts,
@@ -122,8 +127,9 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=50, restarts=10, a
         result["checks_seconds"] = round(time.perf_counter() - t0, 3)
     run = run_folder_of(ckpt_path)
     full = record(result, facts, cfg, device=str(dev), run=None if run is None else str(run.path))
-    if write:
+    if write:  # the folder is made only now: a refused evaluation leaves no trace
         full["results_file"] = str(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, full)
     if state_path is not None and state is None:
         state_path.unlink(missing_ok=True)

@@ -1,5 +1,6 @@
-"""Files that survive a crash: atomic writes (temp file, fsync, rename), JSON and JSON-lines
-with one rule for a torn line, and SHA-256 of a file's bytes."""
+"""Files that survive a crash: atomic writes (temp file, fsync, rename) with the umask's
+permissions, JSON and JSON-lines with one rule for a torn line, bounded YAML (no aliases), and
+SHA-256 of a file's bytes."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,17 @@ import tempfile
 from contextlib import suppress
 from pathlib import Path
 
-from .errors import StorageError
+import yaml
+
+from .errors import ConfigError, StorageError
+
+YAML_MAX_BYTES = 1 << 20  # configs and presets are a few hundred bytes
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | Path, data: bytes) -> None:
@@ -20,6 +31,7 @@ def atomic_write(path: str | Path, data: bytes) -> None:
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a plain open() would not
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -89,3 +101,46 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """YAML's safe loader without aliases (`*name`): a config never needs them, and they are
+    how a small file becomes a huge or self-referencing object."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed here", self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _NoAliasDumper(yaml.SafeDumper):
+    def ignore_aliases(self, data) -> bool:
+        return True
+
+
+def load_yaml(text: str):
+    """Parse YAML text of at most YAML_MAX_BYTES, without aliases. Raises yaml.YAMLError
+    (its first line says what is wrong) for invalid, oversized or too deeply nested text."""
+    if len(text) > YAML_MAX_BYTES:
+        raise yaml.YAMLError(f"larger than {YAML_MAX_BYTES} bytes")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def read_yaml(path: str | Path, what: str):
+    """A YAML file parsed by `load_yaml`; any problem is a ConfigError naming `what`."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > YAML_MAX_BYTES:
+            raise yaml.YAMLError(f"larger than {YAML_MAX_BYTES} bytes")
+        return load_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def dump_yaml(data: dict) -> str:
+    """YAML text of plain data, in key order, never with anchors or aliases."""
+    return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False)

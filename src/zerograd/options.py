@@ -92,6 +92,6 @@ class GuardOptions:
             raise bad("alpha_factor", "in (0, 1)")
         if self.enabled and cfg.val_size == 0:
             raise ConfigError("guard.enabled=true needs a validation split: set val_size > 0")
-        if self.enabled and self.action == "rollback" and not cfg.keep_epoch_checkpoints:
+        if self.enabled and self.action == "rollback" and cfg.keep_epoch_checkpoints is not True:
             raise ConfigError("guard.action='rollback' needs keep_epoch_checkpoints=true "
                               "(it reloads the epoch checkpoint before the collapse)")

@@ -22,7 +22,7 @@ from .detector import Detector
 from .errors import ConfigError
 from .methods import METHODS, input_grad
 from .options import GuardOptions
-from .results import attack_title
+from .results import attack_title, is_result
 from .runfolder import PLOTS, REPORT, RESULT, RunFolder, load_model
 
 # Config keys that do not change what a run measures; runs differing only in these are seeds
@@ -57,7 +57,8 @@ def read_run(path: str | Path) -> RunRecord:
     run = RunFolder(path)
     if not run.exists():
         raise ConfigError(f"{str(run.path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
-    config = run.read_config_dict() if run.config_file.is_file() else {}
+    # the recorded extras (versions, device) and every value checked like any config
+    config = {**run.read_config_dict(), **run.read_config().to_dict()} if run.config_file.is_file() else {}
     evals = []
     for f in run.result_files():
         try:
@@ -65,6 +66,9 @@ def read_run(path: str | Path) -> RunRecord:
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(obj, dict) and "robust_acc" in obj:
+            if not is_result(obj):
+                raise ConfigError(f"{str(f)!r} is not a zerograd results file (accuracies, n or "
+                                  "attack of the wrong type); restore or delete it")
             evals.append((str(f.relative_to(run.path)), obj))
     return RunRecord(run.path, config, run.read_metrics(), evals)
 
@@ -106,6 +110,21 @@ def setting_label(config: dict) -> str:
     return label
 
 
+LABELLED = ("method", "method_args", "grad_align", "guard")  # what setting_label names already
+
+
+def distinct_labels(configs: list[dict]) -> dict[str, str]:
+    """setting_key -> a label that tells settings apart: setting_label plus every other key on
+    which the compared settings differ (e.g. epochs, eps, model), so no two share a label."""
+    keys = sorted({k for c in configs for k in c if k not in NOT_SETTING + LABELLED})
+    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    labels = {}
+    for c in configs:
+        extra = " ".join(f"{k}={_fmt(c.get(k))}" for k in varying)
+        labels[setting_key(c)] = setting_label(c) + (f" · {extra}" if extra else "")
+    return labels
+
+
 def setting_key(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTING}, sort_keys=True,
                       default=str)
@@ -134,6 +153,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
     groups: dict[str, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault(setting_key(r.config), []).append(r)
+    labels = distinct_labels([r.config for r in runs])
     lines = ["| setting | seeds | CO (runs) | CO epochs | rollbacks | clean % | robust % | attack | s/epoch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for members in groups.values():
@@ -144,7 +164,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
         rollbacks = sum(1 for r in members for e in r.events if e.get("event") == "rollback")
         seconds = f"{statistics.mean(times):.1f}" if times else "-"
         lines.append(
-            f"| {setting_label(members[0].config)} | {len(members)} | "
+            f"| {labels[setting_key(members[0].config)]} | {len(members)} | "
             f"{sum(c is not None for c in cos)}/{len(members)} | "
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | {rollbacks} | "
             f"{mean_std([e['clean_acc'] for e in evals if e])} | "
@@ -266,21 +286,22 @@ def plot_run(run: RunRecord, path: Path) -> None:
 
 
 def plot_overview(runs: list[RunRecord], path: Path) -> None:
-    """Validation PGD accuracy per epoch of every run, one colour per setting."""
+    """Validation PGD accuracy per epoch of every run, one colour (and label) per setting."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(setting_label(r.config) for r in runs))
+    names = distinct_labels([r.config for r in runs])
+    labels = list(dict.fromkeys(names[setting_key(r.config)] for r in runs))
     colours = plt.get_cmap("tab20")
     fig, ax = plt.subplots(figsize=(10, 4.5))
     for r in runs:
-        label = setting_label(r.config)
+        label = names[setting_key(r.config)]
         xs, ys = _series(r.epochs, "val/pgd_acc")
         i = labels.index(label)
         ax.plot(xs, ys, color=colours(i % 20), alpha=0.8, label=label if r is next(
-            q for q in runs if setting_label(q.config) == label) else None)
+            q for q in runs if names[setting_key(q.config)] == label) else None)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -15,6 +15,7 @@ import yaml
 
 from .config import Config, apply, validate
 from .errors import ConfigError
+from .files import read_yaml
 from .registry import did_you_mean
 from .report import build_report
 from .runfolder import RunFolder
@@ -34,10 +35,7 @@ def read_experiment(name: str) -> dict:
         if not path.is_file():
             names = experiment_names()
             raise ConfigError(f"unknown experiment {name!r}{did_you_mean(name, names)}; valid: {', '.join(names)}")
-    try:
-        spec = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"experiment {str(path)!r} is not valid YAML: {str(e).splitlines()[0]}") from None
+    spec = read_yaml(path, f"experiment {str(path)!r}") or {}
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict) or not spec["runs"]:
         raise ConfigError(f"experiment {str(path)!r} needs a non-empty 'runs' mapping")
     return spec

@@ -32,6 +32,26 @@ def attack_title(attack: dict) -> str:
     return attack["name"].upper()
 
 
+def is_result(obj) -> bool:
+    """A results file's content as zerograd writes it: accuracies numbers (or null), n an
+    integer, and an attack that `attack_label` / `attack_title` can name."""
+    def number(v) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not (isinstance(obj, dict) and number(obj.get("robust_acc")) and number(obj.get("clean_acc"))
+            and isinstance(obj.get("n", 0), int) and isinstance(obj.get("attack"), dict)):
+        return False
+    attack = obj["attack"]
+    if not isinstance(attack.get("name"), str):
+        return False
+    fields = {"pgd": ("steps", "restarts"), "autoattack": ()}.get(attack["name"], ())
+    if not all(isinstance(attack.get(k), int) and not isinstance(attack.get(k), bool) for k in fields):
+        return False
+    version, attacks = attack.get("version", "standard"), attack.get("attacks")
+    return isinstance(version, str) and (attack["name"] != "autoattack" or version != "custom" or (
+        isinstance(attacks, list) and all(isinstance(a, str) for a in attacks)))
+
+
 def record(result: dict, facts: dict, cfg, *, device: str, run: str | None) -> dict:
     """The flat results object: facts about the checkpoint and run, then the result."""
     return {

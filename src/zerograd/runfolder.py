@@ -29,7 +29,15 @@ from .config import (
     validate,
 )
 from .errors import ConfigError
-from .files import atomic_write, is_temp_file, json_line, read_jsonl, sha256_file, write_json
+from .files import (
+    atomic_write,
+    is_temp_file,
+    json_line,
+    load_yaml,
+    read_jsonl,
+    sha256_file,
+    write_json,
+)
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -138,8 +146,12 @@ class RunFolder:
     # ------------------------------------------------------------------ reading
 
     def read_metrics(self) -> list[dict]:
-        """Every record of metrics.jsonl before its first torn line (see files.read_jsonl)."""
-        return read_jsonl(self.metrics_file)[0]
+        """Every record of metrics.jsonl before its first torn line (see files.read_jsonl),
+        each checked (`check_record`): a complete line with wrong values is a ConfigError."""
+        records = read_jsonl(self.metrics_file)[0]
+        for number, record in enumerate(records, 1):
+            check_record(record, f"{str(self.metrics_file)!r} line {number}")
+        return records
 
     def keep_metrics(self, records: int) -> list[dict]:
         """Keep the first `records` complete lines of metrics.jsonl (those a checkpoint
@@ -156,7 +168,7 @@ class RunFolder:
         if not path.is_file():
             raise ConfigError(f"{str(self.path)!r} is not a zerograd run folder (no {CONFIG})")
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            data = load_yaml(path.read_text(encoding="utf-8"))
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise ConfigError(f"{str(path)!r} is not valid YAML ({str(e).splitlines()[0]})") from None
         if not isinstance(data, dict):
@@ -171,6 +183,29 @@ class RunFolder:
     def result_files(self) -> list[Path]:
         """eval.json and every evals/*.json that exist."""
         return [f for f in [self.result_file, *sorted(self.evals.glob("*.json"))] if f.is_file()]
+
+
+INTEGER_KEYS = ("epoch", "step", "to_epoch", "to_step")
+TEXT_KEYS = ("event", "reason")
+MEASURED = ("train/", "val/", "time/", "diag/")  # numbers; co/ holds text as well
+
+
+def check_record(record: dict, where: str) -> None:
+    """A metrics record as zerograd writes it: epoch/step integers, event/reason text, and
+    every measured value (train/, val/, time/, diag/, lr) a number, null or 'inf'/'-inf'."""
+    def bad(key, expected):
+        raise ConfigError(f"{where} is not a zerograd metrics record ({key}={record[key]!r}: "
+                          f"expected {expected}); restore or delete that line")
+
+    for key, value in record.items():
+        if key in INTEGER_KEYS and (isinstance(value, bool) or not isinstance(value, int)):
+            bad(key, "an integer")
+        elif key in TEXT_KEYS and not isinstance(value, str):
+            bad(key, "text")
+        elif (key.startswith(MEASURED) or key in ("lr", "lr_scale")) and not (
+                value is None or value in ("inf", "-inf")
+                or (isinstance(value, (int, float)) and not isinstance(value, bool))):
+            bad(key, "a number")
 
 
 def require_tensorboard() -> None:

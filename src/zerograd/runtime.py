@@ -130,3 +130,17 @@ def isolated(model: torch.nn.Module, device: torch.device, seed: int) -> Iterato
             with torch.no_grad():
                 for b, saved in zip(model.buffers(), buffers):
                     b.copy_(saved)
+
+
+def check_pixels(x: torch.Tensor, what: str = "x") -> None:
+    """The library contract on inputs: a float tensor of pixels in [0, 1] (models normalize
+    inside). One clear ConfigError otherwise; one device sync."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        kind = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ConfigError(f"{what} must be a float tensor of pixels in [0, 1], got {kind}")
+    if x.numel() == 0:
+        return
+    low, high = (float(v) for v in torch.stack([x.detach().min(), x.detach().max()]).float().tolist())
+    if not (0.0 <= low and high <= 1.0):  # NaN fails too
+        raise ConfigError(f"{what} must hold pixels in [0, 1] (models normalize inside; see "
+                          f"docs/api.md), got values in [{low:.4g}, {high:.4g}]")

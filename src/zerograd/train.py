@@ -13,7 +13,7 @@ import torch
 from .accuracy import evaluate
 from .config import Config, model_for, validate
 from .data import Data, check_available, load_data, to_float
-from .errors import ConfigError
+from .errors import ConfigError, ZerogradError
 from .options import DiagnosticsOptions, GuardOptions
 from .precision import amp_dtype
 from .results import attack_title
@@ -25,7 +25,7 @@ from .training.distributed import check_resume, setup
 from .training.events import Hook, Hooks, Stop, check_hooks
 from .training.guard import Guard
 from .training.loop import History, fit, no_progress
-from .training.nanguard import NanGuard
+from .training.nanguard import NanGuard, nonfinite
 from .training.objective import Objective
 from .training.state import CheckpointStore, TrainState, resume_point
 
@@ -101,7 +101,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                        **cfg.schedule_args)
     state = TrainState(cfg=cfg, model=model, optimizer=optimizer, data=data, method=objective.method,
                        par=par, schedule=schedule, checkpoints=CheckpointStore(run, par.is_main, device),
-                       steps_per_epoch=steps_per_epoch)
+                       steps_per_epoch=steps_per_epoch, run_config=cfg.to_dict())
     history = History(echo=None if quiet else print_epoch_line)
     hooks = Hooks([*hooks_for(cfg, objective), *callbacks], from_main=par.from_main, emit=history.emit)
 
@@ -138,13 +138,25 @@ def final_evaluation(state: TrainState, run: RunFolder | None, stop: Stop | None
     it, e.g. the best one after a non-finite loss); eval.json."""
     cfg, model = state.cfg, state.model
     which = (stop.evaluate if stop is not None else None) or cfg.final_checkpoint
+    epoch = state.epoch
     if which == "best" and state.checkpoints.has("best"):
-        model.load_state_dict(state.checkpoints.load("best")[0]["model"])
+        ckpt = state.checkpoints.load("best")[0]
+        model.load_state_dict(ckpt["model"])
+        epoch = ckpt["epoch"]
+    elif stop is not None and (which == "best" or nonfinite(None, model, grads=False)):
+        which = "last"  # no best.pt yet, or broken weights: the last resume point (checked finite)
+        ckpt = state.checkpoints.load("last")[0]
+        model.load_state_dict(ckpt["model"])
+        epoch = ckpt["epoch"]
+    if nonfinite(None, model, grads=False) is not None:
+        raise ZerogradError(f"training ended with non-finite weights (checkpoint {which!r}); no "
+                            "evaluation was made: lower lr_max or use nan_policy=rollback")
     result = evaluate(model, state.data.test, eps=cfg.eps, steps=cfg.test_pgd_steps,
                       restarts=cfg.test_restarts, alpha=cfg.test_alpha, batch_size=cfg.eval_batch_size,
                       flags=state.par.robust_flags)
-    result.update({"checkpoint": which, "dataset": cfg.dataset, "split": "test",
-                   "method": cfg.method, "seed": cfg.seed})
+    result.update({"checkpoint": which, "checkpoint_epoch": epoch, "dataset": cfg.dataset,
+                   "split": "test", "method": cfg.method, "seed": cfg.seed,
+                   "stopped": None if stop is None else stop.reason})
     if run is not None and state.par.is_main:
         run.write_result(result)
     if not quiet:

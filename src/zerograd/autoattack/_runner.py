@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import content_digest, save_checkpoint
 from ..errors import ConfigError
 from ..registry import Registry, did_you_mean
 from ._apgd import apgd_ce, apgd_dlr, apgd_t
@@ -170,6 +170,8 @@ def autoattack(model, x: Tensor, y: Tensor, *, eps: float, version: str = "stand
     path = Path(state_path) if state_path is not None else None
     n = x.shape[0]
     fingerprint = None if path is None else {
+        # the model's weights: a state file of another model or checkpoint is refused
+        "model": content_digest(model.state_dict()) if isinstance(model, torch.nn.Module) else None,
         "n": n, "x": _digest(x), "y": _digest(y), "eps": eps, "attacks": names,
         "params": repr(params), "batch_size": batch_size, "seed": int(seed)}
 

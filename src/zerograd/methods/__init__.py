@@ -8,10 +8,14 @@ perturbations.py and one `METHODS.register` line here.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 from torch import Tensor
 
 from ..errors import ConfigError
 from ..registry import Registry
+from ..runtime import check_pixels
 from . import perturbations as _p
 from .perturbations import agreed_direction, sign_votes
 from .primitives import (
@@ -30,7 +34,7 @@ from .regularizers import grad_align
 __all__ = [
     "METHODS", "REGULARIZERS", "THRESHOLD_BUDGET", "agreed_direction", "delta_bound", "grad_align",
     "input_grad", "noise_source", "project", "quantile_threshold", "random_start", "sign_step",
-    "sign_votes", "vote_sharing", "zero_small", "zeroed_fraction",
+    "sign_votes", "unchecked", "vote_sharing", "zero_small", "zeroed_fraction",
 ]
 
 RULES = {
@@ -55,10 +59,32 @@ def _check_together(name: str, params: dict) -> None:
                 f"must be in ({n / 2:g}, {n}] so that the agreeing sign is unique")
 
 
+def checked(method: Callable) -> Callable:
+    """The library contract around a method (docs/api.md): x holds pixels in [0, 1] (one clear
+    error otherwise), eps is a finite number in [0, 1], and the delta comes back detached. The
+    caller's tensors are never modified. `unchecked` gives the bare function."""
+
+    @functools.wraps(method)
+    def run(model, x: Tensor, y: Tensor, *, eps: float, **params) -> Tensor:
+        check_pixels(x, f"{method.__name__}: x")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 <= eps <= 1:
+            raise ConfigError(f"{method.__name__}: eps={eps!r} must be a number in [0, 1] "
+                              "(absolute, pixels in [0, 1]; e.g. 8/255)")
+        return method(model, x, y, eps=eps, **params).detach()
+
+    return run
+
+
+def unchecked(method: Callable) -> Callable:
+    """A METHODS entry without the input check (for the training loop, whose batches are in
+    [0, 1] by construction: the check would cost a device sync per step)."""
+    return getattr(method, "__wrapped__", method)
+
+
 METHODS: Registry = Registry("method", section="method_args", fixed=("model", "x", "y", "eps"),
                              rules=RULES, check=_check_together)
 for _fn in (_p.fgsm, _p.fgsm_rs, _p.zerograd, _p.multigrad, _p.pgd, _p.n_fgsm):
-    METHODS.register(_fn.__name__, _fn)
+    METHODS.register(_fn.__name__, checked(_fn))
 
 REGULARIZERS: Registry = Registry("regularizer", fixed=("model", "x", "y", "eps"), rules=RULES)
 REGULARIZERS.register("grad_align", grad_align)

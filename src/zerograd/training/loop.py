@@ -85,6 +85,8 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
             if fired.metrics:
                 history.emit({"epoch": state.epoch, "step": state.step, **fired.metrics})
             if (action := fired.action) is not None:
+                # a Stop for non-finite weights: this epoch is neither recorded nor saved
+                refused = isinstance(action, Stop) and action.event == "nonfinite"
                 break
         state.batch = None
         if isinstance(action, Rollback):
@@ -139,8 +141,11 @@ def save_epoch(state: TrainState, score: float, hooks: Hooks, history: History) 
     improved = score > state.best
     state.best = max(state.best, score)
     ckpt = state.checkpoint(hooks.state_dict(), len(history))
-    if state.cfg.keep_epoch_checkpoints:
+    keep = state.cfg.keep_epoch_checkpoints  # True: all; False/0: none; K: the last K
+    if keep:
         state.checkpoints.save(state.epoch, ckpt)
+    if keep is not True and state.epoch - keep >= 0:
+        state.checkpoints.remove(state.epoch - keep)
     if improved or not state.checkpoints.has("best"):
         state.checkpoints.save("best", ckpt)
     state.checkpoints.save("last", ckpt)

@@ -1,28 +1,43 @@
 """The NaN guard: a non-finite loss or weight gradient must never reach the optimizer, since one
-such step poisons every weight. A hook on the loop's AFTER_BACKWARD event checks before each
-update and, by `cfg.nan_policy`, rolls back to the last resume point with the learning rate
+such step poisons every weight, and non-finite weights (an update too large, e.g. lr_max=1e30)
+must never be trained on, saved or evaluated. A hook on the loop's AFTER_BACKWARD event checks
+the loss, the gradients and the weights the previous update made, in one device sync, before
+each update; at the epoch's last STEP_END it checks the weights of the last update (before
+they are validated or saved). By `cfg.nan_policy`, rolls back to the last resume point with the learning rate
 times `cfg.nan_lr_factor` ("rollback", at most `cfg.nan_max_rollbacks` times) or stops keeping
 the best checkpoint ("stop")."""
 from __future__ import annotations
 
 import torch
 
-from .events import AFTER_BACKWARD, Hook, Rollback, Stop
+from .events import AFTER_BACKWARD, STEP_END, Hook, Rollback, Stop
 
 
-def nonfinite(loss: torch.Tensor, model: torch.nn.Module, *, grads: bool = True) -> str | None:
-    """'loss' or 'gradient' when that is not finite (NaN or inf), else None. One device sync:
-    the sum of all gradient sums is non-finite iff some entry is (or the sum overflows, which
-    is as bad)."""
-    checks = [loss.detach().float().sum()]
+def _sums_finite(tensors) -> torch.Tensor:
+    """A 0-dim bool: every entry is finite (a sum is non-finite iff some entry is, or it
+    overflows, which is as bad). No sync."""
+    sums = [t.detach().float().sum() for t in tensors]
+    return torch.isfinite(torch.stack(sums).sum()) if sums else torch.tensor(True)
+
+
+def nonfinite(loss: torch.Tensor | None, model: torch.nn.Module, *, grads: bool = True,
+              weights: bool = True) -> str | None:
+    """'weights', 'loss' or 'gradient' when that is not finite (NaN or inf), else None. One
+    device sync."""
+    checks, names = [], []
+    if weights:
+        checks.append(_sums_finite(model.parameters()))
+        names.append("weights")
+    if loss is not None:
+        checks.append(torch.isfinite(loss.detach().float().sum()))
+        names.append("loss")
     if grads:
-        sums = [p.grad.float().sum() for p in model.parameters() if p.grad is not None]
-        if sums:
-            checks.append(torch.stack(sums).sum())
-    finite = torch.isfinite(torch.stack(checks)).tolist()
-    if not finite[0]:
-        return "loss"
-    return None if all(finite) else "gradient"
+        checks.append(_sums_finite(p.grad for p in model.parameters() if p.grad is not None))
+        names.append("gradient")
+    if not checks:
+        return None
+    finite = torch.stack([c.to(checks[0].device) for c in checks]).tolist()
+    return next((name for name, ok in zip(names, finite) if not ok), None)
 
 
 class NanGuard(Hook):
@@ -30,14 +45,22 @@ class NanGuard(Hook):
     point with the learning rate times `lr_factor` (at most `max_rollbacks` times), or, with
     policy 'stop' or past that bound, stops and evaluates the best checkpoint."""
 
-    acts_on = (AFTER_BACKWARD,)
+    acts_on = (AFTER_BACKWARD, STEP_END)
 
     def __init__(self, policy: str, lr_factor: float, max_rollbacks: int, check_gradients: bool = True):
         self.policy, self.lr_factor, self.max_rollbacks = policy, lr_factor, max_rollbacks
         self.check_gradients = check_gradients  # False under fp16, whose scaler skips inf steps
 
     def on_after_backward(self, state):
-        bad = nonfinite(state.batch.loss, state.model, grads=self.check_gradients)
+        return self._act(state, nonfinite(state.batch.loss, state.model, grads=self.check_gradients))
+
+    def on_step(self, state):
+        """After the epoch's last update: its weights, before validation and checkpoints."""
+        if state.steps_per_epoch and state.step % state.steps_per_epoch == 0:
+            return self._act(state, nonfinite(None, state.model, grads=False))
+        return None
+
+    def _act(self, state, bad: str | None):
         if bad is None:
             return None
         info = {"what": bad, "lr": state.lr}

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import Config
-from ..methods import METHODS, REGULARIZERS
+from ..methods import METHODS, REGULARIZERS, unchecked
 from ..precision import amp_dtype, autocast, grad_scaler
 from .distributed import Shard, whole_batch
 from .events import Action
@@ -20,7 +20,7 @@ from .state import Batch
 
 def bind_method(cfg: Config) -> Callable:
     """The run's perturbation as a function (model, x, y) -> delta."""
-    return partial(METHODS[cfg.method], eps=cfg.eps, **cfg.method_args)
+    return partial(unchecked(METHODS[cfg.method]), eps=cfg.eps, **cfg.method_args)
 
 
 def bind_regularizers(cfg: Config) -> list[Callable]:

@@ -14,6 +14,7 @@ from ..config import FIELDS, Config, apply, validate
 from ..data import Data, Split
 from ..errors import ConfigError
 from ..runfolder import MAY_DIFFER, RunFolder, differences
+from ..runfolder import METRICS as METRICS_NAME
 from ..runtime import rng_state, set_rng_state
 from .distributed import Parallel
 
@@ -51,6 +52,7 @@ class TrainState:
     lr_scale: float = 1.0  # lowered by NaN rollbacks
     rollbacks: int = 0  # CO rollbacks so far
     nan_rollbacks: int = 0
+    run_config: dict = field(default_factory=dict)  # the config the run started with (config.yaml)
     best: float = -1.0  # best validation PGD accuracy so far
     done: bool = False  # training ended (a Stop); a resumed run goes straight to evaluation
     batch: Batch | None = None  # during AFTER_BACKWARD and STEP_END
@@ -79,6 +81,7 @@ class TrainState:
             "best_val_pgd": self.best,
             "method_args": dict(self.cfg.method_args),
             "config": self.cfg.to_dict(),
+            "run_config": self.run_config or self.cfg.to_dict(),
             "schedule": {"step": self.step, "lr_scale": self.lr_scale},
             "rng": rng_state(),
             "callbacks": hooks,
@@ -139,11 +142,18 @@ def resume_point(run: RunFolder, cfg: Config) -> dict | None:
     if ckpt.get("format") != FORMAT or "config" not in ckpt:
         raise ConfigError(f"checkpoint {str(path)!r} is not a {FORMAT} file (an older zerograd's, or "
                           "another program's): it cannot be resumed exactly")
+    records, readable = ckpt.get("records", 0), len(run.read_metrics())
+    if isinstance(records, bool) or not isinstance(records, int) or readable < records:
+        raise ConfigError(f"--resume {str(run.path)!r}: {METRICS_NAME} has {readable} readable lines but "
+                          f"the checkpoint covers {records!r}; restore the file (nothing was changed)")
+    # run_config: the config the run started with, method_args included (rollbacks change
+    # only `config`); older checkpoints have `config` alone, compared without method_args
+    started = ckpt.get("run_config")
     try:
-        saved = apply(Config(), {k: v for k, v in ckpt["config"].items() if k in FIELDS})
+        saved = validate(apply(Config(), {k: v for k, v in (started or ckpt["config"]).items() if k in FIELDS}))
     except (ConfigError, AttributeError, TypeError):
         raise ConfigError(f"checkpoint {str(path)!r} holds an unreadable config") from None
-    diff = differences(cfg, saved, MAY_DIFFER + ("method_args",))
+    diff = differences(cfg, saved, MAY_DIFFER + (() if isinstance(started, dict) else ("method_args",)))
     if diff:
         raise ConfigError(f"checkpoint {str(path)!r} belongs to another config than config.yaml "
                           f"({'; '.join(diff)[:300]})")
@@ -167,6 +177,13 @@ class CheckpointStore:
                 self.memory[which] = copy.deepcopy(ckpt)
         elif self.write:
             save_checkpoint(self.run.checkpoint(which), ckpt)
+
+    def remove(self, which: str | int) -> None:
+        """Delete a checkpoint no longer kept (keep_epoch_checkpoints=K)."""
+        if self.run is None:
+            return  # memory keeps only the initial state and the last resume point anyway
+        if self.write:
+            self.run.checkpoint(which).unlink(missing_ok=True)
 
     def has(self, which: str | int) -> bool:
         return which in self.memory if self.run is None else self.run.checkpoint(which).is_file()
