@@ -174,7 +174,7 @@ def _selftest(args) -> int:
 
 def _reproduce(args) -> int:
     reproduce(args.name, args.out, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
-              data_dir=args.data_dir, quiet=args.quiet)
+              data_dir=args.data_dir, quiet=args.quiet, keep=args.keep)
     return 0
 
 
@@ -292,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    p.add_argument("--keep", metavar="DIR", help="copy each finished run's small files (config, "
+                   "metrics, results; no checkpoints) to DIR/<run>, e.g. a folder under docs/")
     p.set_defaults(func=_reproduce)
     return parser
 

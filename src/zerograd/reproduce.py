@@ -2,9 +2,12 @@
 
 An experiment is a YAML file in `experiments/` (or a path): `base` config keys shared by all
 runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`).
-Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept, so an
-interrupted reproduction continues where it stopped. Every config is validated before the
-first run starts.
+Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept, and an
+interrupted run of the same config is resumed from its last checkpoint, so an interrupted
+reproduction continues where it stopped. Every config is validated before the
+first run starts. With `keep`, each finished run's small files (config, metrics, results; no
+checkpoints) are copied to KEEP/<name>-s<seed> as it finishes, so a repository can hold them
+and `zerograd report KEEP/*` rebuilds the table without rerunning.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from .errors import ConfigError
 from .files import read_yaml
 from .registry import did_you_mean
 from .report import build_report
-from .runfolder import RunFolder
+from .runfolder import RunFolder, differences
 from .train import train
 
 EXPERIMENT_DIR = Path(__file__).parent / "experiments"
@@ -84,22 +87,42 @@ def _yaml(v) -> str:
     return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...").removesuffix("...").strip()
 
 
+def interrupted(run: RunFolder, cfg: Config) -> bool:
+    """An unfinished run of this very config (where the data lives and the device aside) that
+    got as far as a checkpoint: it can be resumed instead of started again."""
+    if run.finished or not (run.config_file.is_file() and run.checkpoint("last").is_file()):
+        return False
+    try:
+        return not differences(run.read_config(), cfg)
+    except ConfigError:  # an unreadable config.yaml: start the run afresh
+        return False
+
+
 def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | None = None,
               only: list[str] | None = None, dry_run: bool = False, data_dir: str | None = None,
-              quiet: bool = False) -> Path | None:
-    """Train the experiment's runs that are not done yet, then write OUT/report.md."""
+              quiet: bool = False, keep: str | Path | None = None) -> Path | None:
+    """Train the experiment's runs that are not done yet, then write OUT/report.md. With
+    `keep`, copy every finished run's small files to KEEP/<run> (those finished earlier too)."""
     runs = plan(name, seeds=seeds, only=only, data_dir=data_dir)
     out = Path(out) if out is not None else Path("runs") / Path(name).stem
+    keep = Path(keep) if keep is not None else None
+    if keep is not None and keep.resolve() == out.resolve():
+        raise ConfigError(f"--keep {str(keep)!r} is the --out folder: keep the small files elsewhere")
     if dry_run:
         for folder, cfg in runs:
             print(command_line(cfg, out / folder))
         print(f"zerograd report {' '.join(str(out / f) for f, _ in runs)} --out {out}")
+        if keep is not None:
+            print(f"# each finished run's small files are copied to {keep}/<run>")
         return None
     for i, (folder, cfg) in enumerate(runs, 1):
-        run_dir = out / folder
-        if RunFolder(run_dir).finished:
-            continue
-        if not quiet:
-            print(f"[{i}/{len(runs)}] {folder}", file=sys.stderr, flush=True)
-        train(cfg, run_dir, quiet=True, force=True)
+        run = RunFolder(out / folder)
+        if not run.finished:
+            resume = interrupted(run, cfg)
+            if not quiet:
+                how = " (resumed from its last checkpoint)" if resume else ""
+                print(f"[{i}/{len(runs)}] {folder}{how}", file=sys.stderr, flush=True)
+            train(cfg, run.path, quiet=True, force=not resume, resume=resume)
+        if keep is not None and run.finished:  # a run the guard stopped has no results to keep
+            run.keep_small_files(keep / folder)
     return build_report([out / f for f, _ in runs], out)

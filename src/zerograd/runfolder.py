@@ -8,6 +8,10 @@
     RUN/export/              `zerograd export`
     RUN/tensorboard/         TensorBoard events mirroring metrics.jsonl (optional)
     REPORT/report.md, REPORT/plots/   `zerograd report`
+
+A run's small files (config.yaml, metrics.jsonl, eval.json, evals/*.json) are all `zerograd
+report` needs for its tables and curves; `RunFolder.keep_small_files` copies them to a folder
+a repository can hold (`zerograd reproduce --keep`).
 """
 from __future__ import annotations
 
@@ -179,6 +183,33 @@ class RunFolder:
         """The Config recorded in config.yaml, checked like any other config."""
         data = self.read_config_dict()
         return validate(apply(Config(), {k: v for k, v in data.items() if k in FIELDS}, source=CONFIG))
+
+    def small_files(self) -> list[Path]:
+        """config.yaml, metrics.jsonl, eval.json and evals/*.json that exist: what `zerograd
+        report` reads, without checkpoints, exports or TensorBoard events."""
+        return [f for f in [self.config_file, self.metrics_file, *self.result_files()] if f.is_file()]
+
+    def keep_small_files(self, dest: str | Path) -> RunFolder:
+        """Copy this finished run's small files into the run folder `dest` (created), each
+        atomically; evals/*.json that this run no longer has are removed from `dest`, so `dest`
+        mirrors it. Returns RunFolder(dest)."""
+        if not self.finished:
+            raise ConfigError(f"{str(self.path)!r} is not a finished run (no {RESULT}); nothing kept")
+        kept = RunFolder(dest)
+        if kept.path.resolve() == self.path.resolve():
+            raise ConfigError(f"cannot keep {str(self.path)!r} into itself")
+        try:
+            kept.evals.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create {str(kept.path)!r}: {e.strerror}") from None
+        files = self.small_files()
+        for f in files:
+            atomic_write(kept.path / f.relative_to(self.path), f.read_bytes())
+        names = {f.name for f in files if f.parent == self.evals}
+        for stale in kept.evals.glob("*.json"):
+            if stale.name not in names:
+                stale.unlink()
+        return kept
 
     def result_files(self) -> list[Path]:
         """eval.json and every evals/*.json that exist."""
