@@ -64,9 +64,12 @@ def test_guard_state_is_a_plain_dict_that_round_trips():
     g.healthy_epoch, g.events = 4, 1
     d = g.state_dict()
     assert json.loads(json.dumps(d)) == d  # plain data only
-    h = Guard()
+    h = Guard(GuardOptions(enabled=True, drop=0.4))
     h.load_state_dict(d)
-    assert h.state_dict() == d and h.opt.drop == 0.4
+    assert h.state_dict() == d
+    k = Guard(GuardOptions(enabled=True, drop=0.3))  # changed deliberately on resume
+    k.load_state_dict(d)
+    assert k.opt.drop == 0.3 and k.healthy_epoch == 4  # the config's options, the saved memory
 
 
 @pytest.mark.parametrize("override, fragment", [

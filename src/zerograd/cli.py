@@ -52,8 +52,8 @@ def _resume(args, overrides: list[str]) -> int:
     for flag, given in (("--out", args.out), ("--force", args.force)):
         if given:
             raise ConfigError(f"--resume cannot be combined with {flag}: the run folder is the one resumed")
-    cfg = resume_config(args.resume, args.preset, overrides, args.data_dir)
-    run = train(cfg, args.resume, quiet=args.quiet, resume=True)
+    cfg, changed = resume_config(args.resume, args.preset, overrides, args.data_dir)
+    run = train(cfg, args.resume, quiet=args.quiet, resume=True, changed=changed)
     if not args.quiet:
         print(f"run folder: {run.dir}", file=sys.stderr)
     return 0

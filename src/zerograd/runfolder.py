@@ -54,6 +54,13 @@ REPORT = "report.md"
 PLOTS = "plots"
 # Keys a resumed run may change: where the data lives and which device runs it.
 MAY_DIFFER = ("data_dir", "device")
+# Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
+# 'config_change' event): the method's arguments (as a rollback does), CO detection and
+# diagnostics, the NaN policy and the final evaluation. Not the data, model, schedule, batch or
+# seed: those would make the rest of the run a different experiment.
+RESUME_CHANGEABLE = ("method_args", "guard", "diagnostics", "nan_policy", "nan_lr_factor",
+                     "nan_max_rollbacks", "final_checkpoint", "test_n", "test_pgd_steps",
+                     "test_restarts", "test_alpha", "tensorboard")
 
 
 class RunFolder:
@@ -132,6 +139,11 @@ class RunFolder:
         """A fresh (or forced) run: no result, an empty metrics log, the resolved config."""
         self.result_file.unlink(missing_ok=True)
         self.keep_metrics(0)
+        atomic_write(self.config_file, to_yaml(cfg, facts).encode())
+
+    def rewrite_config(self, cfg: Config) -> None:
+        """config.yaml after a deliberate change on resume: the new values, the recorded facts kept."""
+        facts = {k: v for k, v in self.read_config_dict().items() if k not in FIELDS}
         atomic_write(self.config_file, to_yaml(cfg, facts).encode())
 
     def remove_temp_files(self) -> None:
@@ -369,23 +381,30 @@ def differences(a: Config, b: Config, ignore=MAY_DIFFER) -> list[str]:
 
 
 def resume_config(run_dir: str | Path, preset: str | None = None, overrides=(),
-                  data_dir: str | None = None) -> Config:
-    """The config to resume `run_dir` with. A preset or overrides must reproduce the recorded
-    config (they cannot change a half-finished run); data_dir may point elsewhere."""
+                  data_dir: str | None = None) -> tuple[Config, tuple[str, ...]]:
+    """(the config to resume `run_dir` with, the keys deliberately changed). A preset must
+    reproduce the recorded config; `--set` overrides may change the RESUME_CHANGEABLE keys
+    and nothing else; data_dir may point elsewhere."""
     run = RunFolder(run_dir)
     if not run.path.is_dir():
         raise ConfigError(f"--resume {str(run_dir)!r}: no such run folder")
     if not run.config_file.is_file():
         raise ConfigError(f"--resume {str(run_dir)!r} is not a zerograd run folder (no {CONFIG})")
     cfg = run.read_config()
-    if preset or overrides:  # overrides apply on top of the preset if given, else of the run
-        given = load_config(preset, list(overrides)) if preset else cfg
-        for text in [] if preset else overrides:
-            given = validate(apply(given, parse_override(text), source="--set"))
-        diff = differences(cfg, given)
+    if preset:
+        diff = differences(cfg, load_config(preset))
         if diff:
-            raise ConfigError(f"--resume {str(run_dir)!r}: the given config differs from the run's "
-                              f"{CONFIG} ({'; '.join(diff)[:300]}); resume without --preset/--set")
+            raise ConfigError(f"--resume {str(run_dir)!r}: preset {preset!r} differs from the run's "
+                              f"{CONFIG} ({'; '.join(diff)[:300]}); resume without --preset")
+    given = cfg
+    for text in overrides:
+        given = validate(apply(given, parse_override(text), source="--set"))
+    fixed = [d for d in differences(cfg, given, MAY_DIFFER + RESUME_CHANGEABLE)]
+    if fixed:
+        raise ConfigError(f"--resume {str(run_dir)!r}: --set cannot change {'; '.join(fixed)[:300]} "
+                          "of a half-finished run (only method_args, guard, diagnostics, nan_*, "
+                          "final_checkpoint, test_*, tensorboard)")
+    changed = tuple(k for k in RESUME_CHANGEABLE if getattr(cfg, k) != getattr(given, k))
     if data_dir:
-        cfg = apply(cfg, {"data_dir": str(data_dir)})
-    return cfg
+        given = apply(given, {"data_dir": str(data_dir)})
+    return given, changed

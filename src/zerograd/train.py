@@ -62,10 +62,12 @@ def hooks_for(cfg: Config, objective: Objective) -> list[Hook]:
 
 
 def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bool = False,
-          force: bool = False, resume: bool = False) -> Run:
+          force: bool = False, resume: bool = False, changed: tuple[str, ...] = ()) -> Run:
     """Train a model by cfg; write the run folder `out` (if given); return the Run. With
     `resume`, continue the unfinished run in `out` from its last checkpoint, bitwise as if it
-    had never stopped. `callbacks` are extra `zerograd.Hook`s, run after the built-in ones.
+    had never stopped; `changed` names config keys deliberately changed on resume (see
+    runfolder.RESUME_CHANGEABLE), recorded in config.yaml and as a 'config_change' event.
+    `callbacks` are extra `zerograd.Hook`s, run after the built-in ones.
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
@@ -78,7 +80,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     check_available(cfg.dataset, cfg.data_dir)
     quiet = quiet or not par.is_main
     run = RunFolder(out) if out is not None else None
-    point = resume_point(run, cfg) if resume else None
+    point = resume_point(run, cfg, changed) if resume else None
     if point is not None:
         check_resume(point, cfg, par.world_size)
     if cfg.tensorboard and par.is_main and run is not None:
@@ -114,13 +116,18 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
             run.start(cfg, {"environment": {**environment(), "device": str(device)}})
         log = history.log = run.open_metrics(cfg.tensorboard)
     if point is not None:
-        hooks.load_state_dict(state.resume(point, run.checkpoint("last")))
+        hooks.load_state_dict(state.resume(point, run.checkpoint("last"), changed))
         objective.rebind(state.cfg)  # method_args may have changed by rollbacks
         state.method = objective.method
     else:
         start = state.checkpoint(hooks.state_dict(), 0)
         state.checkpoints.save(0, start)
         state.checkpoints.save("last", start)
+    if changed and run is not None and par.is_main:
+        before = (point or {}).get("run_config") or (point or {}).get("config") or {}
+        run.rewrite_config(state.cfg)
+        history.emit({"event": "config_change", "epoch": state.epoch, "step": state.step,
+                      "changes": {k: {"from": before.get(k), "to": getattr(state.cfg, k)} for k in changed}})
     try:
         stop = fit(state, objective, hooks, history, progress=no_progress if quiet else progress_bar)
         par.barrier()  # best.pt is written before any rank reads it

@@ -46,7 +46,8 @@ class Guard(Hook):
                 "detectors": {k: d.state_dict() for k, d in self.detectors.items()}}
 
     def load_state_dict(self, d: dict) -> None:
-        self.opt = GuardOptions(**d["options"])
+        """The detectors' memory; the options stay the config's (resume checks that they are the
+        recorded ones, or that they were changed deliberately with --set)."""
         self.healthy_epoch, self.events = int(d["healthy_epoch"]), int(d["events"])
         self.best_epoch = int(d["best_epoch"])
         for k, det in self.detectors.items():

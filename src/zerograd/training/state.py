@@ -106,7 +106,7 @@ class TrainState:
                               f"this model ({str(e).strip()[:160]})") from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
 
-    def resume(self, ckpt: dict, source) -> dict:
+    def resume(self, ckpt: dict, source, changed: tuple[str, ...] = ()) -> dict:
         """Everything needed to continue exactly where `ckpt` was written; returns the hooks'
         states for the caller to load."""
         self.load_weights(ckpt, source)
@@ -114,7 +114,7 @@ class TrainState:
         self.rollbacks = int(ckpt.get("rollbacks", 0))
         self.nan_rollbacks = int(ckpt.get("nan_rollbacks", 0))
         self.best, self.done = float(ckpt["best_val_pgd"]), bool(ckpt.get("done"))
-        if ckpt.get("method_args") != self.cfg.method_args:  # changed by rollbacks
+        if "method_args" not in changed and ckpt.get("method_args") != self.cfg.method_args:  # rollbacks
             self.cfg = validate(apply(self.cfg, {"method_args": ckpt.get("method_args") or {}}))
         if "rng" in ckpt:
             set_rng_state(ckpt["rng"])
@@ -126,10 +126,10 @@ class TrainState:
         return Split(val.x[:n], val.y[:n])
 
 
-def resume_point(run: RunFolder, cfg: Config) -> dict | None:
+def resume_point(run: RunFolder, cfg: Config, changed: tuple[str, ...] = ()) -> dict | None:
     """The checkpoint to continue from (checkpoints/last.pt), after checking that the run is
     unfinished and that the checkpoint belongs to this config; None if training never got as
-    far as its first checkpoint."""
+    far as its first checkpoint. `changed`: keys the caller deliberately changes on resume."""
     if not run.config_file.is_file():
         raise ConfigError(f"--resume {str(run.path)!r} is not a zerograd run folder (no config.yaml)")
     if run.finished:
@@ -153,7 +153,8 @@ def resume_point(run: RunFolder, cfg: Config) -> dict | None:
         saved = validate(apply(Config(), {k: v for k, v in (started or ckpt["config"]).items() if k in FIELDS}))
     except (ConfigError, AttributeError, TypeError):
         raise ConfigError(f"checkpoint {str(path)!r} holds an unreadable config") from None
-    diff = differences(cfg, saved, MAY_DIFFER + (() if isinstance(started, dict) else ("method_args",)))
+    diff = differences(cfg, saved, MAY_DIFFER + tuple(changed)
+                       + (() if isinstance(started, dict) else ("method_args",)))
     if diff:
         raise ConfigError(f"checkpoint {str(path)!r} belongs to another config than config.yaml "
                           f"({'; '.join(diff)[:300]})")
