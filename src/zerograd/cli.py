@@ -34,6 +34,12 @@ DESCRIPTION = ("zerograd: fast adversarial training without catastrophic overfit
                "diagnostics and reports.")
 
 
+MODEL_HELP_TRAIN = ("your own model: module:path/to/file.py:factory or pkg.module:factory (the "
+                    "same as --set model=SPEC); needed again to --resume such a run")
+MODEL_HELP_LOAD = ("the model spec the run was trained with (module:file.py:factory): a run of "
+                   "your own model is loaded only when you name its code")
+
+
 def _train(args) -> int:
     overrides = list(args.set or [])
     if args.resume:
@@ -42,7 +48,7 @@ def _train(args) -> int:
         overrides.append(f"data_dir={args.data_dir}")
     cfg = load_config(args.preset, overrides)
     out = args.out or Path("runs") / f"{args.preset or cfg.method}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = train(cfg, out, quiet=args.quiet, force=args.force)
+    run = train(cfg, out, quiet=args.quiet, force=args.force, model=args.model)
     if not args.quiet and run.dir is not None:  # rank 0 only under torchrun
         print(f"run folder: {run.dir}", file=sys.stderr)
     return 0
@@ -53,7 +59,7 @@ def _resume(args, overrides: list[str]) -> int:
         if given:
             raise ConfigError(f"--resume cannot be combined with {flag}: the run folder is the one resumed")
     cfg, changed = resume_config(args.resume, args.preset, overrides, args.data_dir)
-    run = train(cfg, args.resume, quiet=args.quiet, resume=True, changed=changed)
+    run = train(cfg, args.resume, quiet=args.quiet, resume=True, changed=changed, model=args.model)
     if not args.quiet:
         print(f"run folder: {run.dir}", file=sys.stderr)
     return 0
@@ -65,7 +71,8 @@ def _eval(args) -> int:
                            which=args.checkpoint, data_dir=args.data_dir,
                            batch_size=args.batch_size, seed=args.seed, version=args.version,
                            attacks=args.attacks, state=args.state, out=args.out,
-                           checks=not args.no_checks, quiet=args.quiet or args.json)
+                           checks=not args.no_checks, quiet=args.quiet or args.json,
+                           model=args.model)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -87,7 +94,8 @@ def _eval(args) -> int:
 
 
 def _export(args) -> int:
-    out = export_model(args.path, args.out, which=args.checkpoint, force=args.force)
+    out = export_model(args.path, args.out, which=args.checkpoint, force=args.force,
+                       model=args.model)
     print(f"exported to {out} (load with zerograd.export.load_exported)")
     return 0
 
@@ -117,7 +125,7 @@ def _bench(args) -> int:
 def _measure(args) -> int:
     result = measure_path(args.path, table=args.table, which=args.checkpoint, split=args.split,
                           n=args.n, methods=args.methods, batch_size=args.batch_size, seed=args.seed,
-                          data_dir=args.data_dir, out=args.out, quiet=args.json)
+                          data_dir=args.data_dir, out=args.out, quiet=args.json, model=args.model)
     if args.json:
         print(json.dumps(result))
     return 0
@@ -197,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty run folder")
     p.add_argument("--resume", metavar="RUN", help="continue the unfinished run folder RUN exactly")
+    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_TRAIN)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="clean and robust accuracy (PGD, FGSM, AutoAttack) of a "
@@ -220,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--state", help="AutoAttack state file to resume from (default: beside the "
                    "results file, deleted when done)")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
+    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)
@@ -230,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder (default RUN/export)")
     p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty folder")
+    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("methods", help="training methods and their default hyperparameters")
@@ -266,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json)")
+    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_measure)
 

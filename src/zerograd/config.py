@@ -16,7 +16,7 @@ from .data import DATASETS, PAD_MODES
 from .errors import ConfigError
 from .files import dump_yaml, load_yaml, read_yaml
 from .methods import METHODS
-from .models import MODELS, build_model
+from .models import MODELS, UserModel, build_model, is_user_model, parse_spec
 from .options import DiagnosticsOptions, GuardOptions
 from .precision import AMP_DTYPES
 from .registry import did_you_mean
@@ -372,9 +372,14 @@ def validate(cfg: Config) -> Config:
                  f"(one per channel) or null (the dataset's)")
     _require(cfg.std is None or all(v > 0 for v in cfg.std), f"std={cfg.std} is invalid: must be > 0")
 
-    nested = {}
+    user = is_user_model(cfg.model)
+    if user:  # its arguments' schema lives in the user's code, imported only when built
+        cfg = dataclasses.replace(cfg, model=parse_spec(cfg.model))
+    nested = {"model_args": dict(cfg.model_args)} if user else {}
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
                            ("schedule_args", cfg.schedule)):
+        if section in nested:
+            continue
         allowed = _nested_types(section, owner)
         values = {}
         for key, value in getattr(cfg, section).items():
@@ -387,6 +392,8 @@ def validate(cfg: Config) -> Config:
         nested[section] = values
     for section, owner in (("method_args", cfg.method), ("model_args", cfg.model),
                            ("schedule_args", cfg.schedule)):
+        if user and section == "model_args":
+            continue
         REGISTRIES[section].check(owner, nested[section])
         # every effective value, so config.yaml and checkpoints record what was used
         nested[section] = {**REGISTRIES[section].defaults(owner), **nested[section]}
@@ -433,9 +440,16 @@ def augmentation(cfg: Config) -> dict:
     return {"augment": augment, "pad_mode": cfg.pad_mode, "flip": cfg.flip, "rotate": cfg.rotate}
 
 
-def model_for(cfg: Config) -> nn.Module:
-    """The network cfg names, shaped and normalized for cfg's dataset (on the CPU)."""
+def model_for(cfg: Config, user: UserModel | None = None) -> nn.Module:
+    """The network cfg names, shaped and normalized for cfg's dataset (on the CPU). A user
+    model (cfg.model a spec or an object record) needs `user` (models.user_model)."""
     info = DATASETS[cfg.dataset]
     mean, std = normalization(cfg)
     return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
-                       mean=mean, std=std, **cfg.model_args)
+                       mean=mean, std=std, user=user, **cfg.model_args)
+
+
+def check_user_model(cfg: Config, user: UserModel) -> None:
+    """Build cfg's user model once (RNG untouched), so a bad factory fails before any work."""
+    info = DATASETS[cfg.dataset]
+    user.check(info.num_classes, info.shape[0], cfg.model_args)

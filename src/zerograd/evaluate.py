@@ -73,17 +73,20 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=Non
                   eps=None, which="last", data_dir=None, batch_size=256, seed=0, device="auto",
                   version: str = "standard", attacks: list[str] | None = None, state=None,
                   attack_params: dict | None = None, out=None, checks: bool = True,
-                  check_steps: int = 10, write: bool = True, quiet: bool = True) -> dict:
+                  check_steps: int = 10, write: bool = True, quiet: bool = True, model=None) -> dict:
     """`zerograd eval`: clean and robust accuracy (PGD, FGSM or AutoAttack) of a run or
     checkpoint on the test split, the gradient-masking checks, and a results file (returned
     as a dict; written to RUN/evals/, beside the checkpoint, or to `out`). PGD's alpha (units
     of eps), steps and restarts default to the run's test_alpha, test_pgd_steps and
-    test_restarts (0.25, 50, 10 unless the run chose others). AutoAttack resumes from its
+    test_restarts (0.25, 50, 10 unless the run chose others). A run of your own model needs
+    `model`: the recorded spec (imported only then) or, for a Python object, a module of its
+    class. AutoAttack resumes from its
     state file (`state`, default beside the results file) and deletes it when done."""
     eps_value = _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version,
                                  attacks, attack_params, check_steps, seed)
     dev = resolve_device(device)
-    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir)
+    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir,
+                                                         model=model)
     eps_value = cfg.eps if eps_value is None else eps_value
     alpha = cfg.test_alpha if alpha is None else alpha
     steps = cfg.test_pgd_steps if steps is None else steps

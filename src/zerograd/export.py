@@ -19,7 +19,7 @@ from .config import normalization
 from .data import DATASETS
 from .errors import ConfigError
 from .files import write_json
-from .models import build_model
+from .models import build_model, is_user_model, needs_user_model, user_model
 from .runfolder import checkpoint_facts, export_folder, load_checkpoint_model
 from .runtime import environment
 
@@ -29,10 +29,11 @@ META = "model.json"
 REQUIRED = ("architecture", "model_args", "num_classes", "in_channels", "mean", "std")
 
 
-def export_model(path, out=None, *, which: str = "last", force: bool = False) -> Path:
+def export_model(path, out=None, *, which: str = "last", force: bool = False, model=None) -> Path:
     """Write model.safetensors and model.json for a run folder's (or a checkpoint's) model to
-    `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file)."""
-    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which)
+    `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file). A run of
+    your own model needs `model` (its spec, or a module of its class): see docs/api.md."""
+    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, model=model)
     out = Path(out) if out is not None else export_folder(ckpt_path)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
         raise ConfigError(f"export folder {str(out)!r} exists and is not empty; choose another "
@@ -71,10 +72,11 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False) ->
     return out
 
 
-def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+def load_exported(path: str | Path, *, device: str | torch.device = "cpu", model=None) -> nn.Module:
     """The exported model (nn.Module in eval mode, pixels in [0, 1] in, logits out) from a
     folder written by `export_model`. Unknown formats, architectures or mismatched weights
-    are a ConfigError."""
+    are a ConfigError. An export of your own model needs `model`: the spec recorded as its
+    architecture (imported only then) or a module of the recorded class."""
     path = Path(path)
     meta_path, weights_path = path / META, path / WEIGHTS
     for f in (meta_path, weights_path):
@@ -90,9 +92,18 @@ def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn
     if missing or not isinstance(meta["model_args"], dict):
         raise ConfigError(f"{str(meta_path)!r} lacks {', '.join(missing) or 'a model_args mapping'}; "
                           f"an export needs {', '.join(REQUIRED)}")
-    model = build_model(meta["architecture"], num_classes=meta["num_classes"],
+    architecture = meta["architecture"]
+    user = None
+    if is_user_model(architecture):
+        if model is None:
+            raise ConfigError(needs_user_model(architecture, f"export {str(path)!r}"))
+        user = user_model(model, recorded=architecture)
+    elif model is not None:
+        raise ConfigError(f"export {str(path)!r} holds the built-in model {architecture!r}: "
+                          "load it without model=")
+    model = build_model(architecture, num_classes=meta["num_classes"],
                         in_channels=meta["in_channels"], mean=meta["mean"], std=meta["std"],
-                        **meta["model_args"])
+                        user=user, **meta["model_args"])
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError) as e:

@@ -129,7 +129,7 @@ def _check(table, split, n, batch_size) -> None:
 def measure_path(path, *, table: int = 10, which: str = "last", split: str = "train",
                  n: int | None = None, methods: list[str] | None = None, batch_size: int | None = None,
                  seed: int = 0, data_dir=None, device: str = "auto", out=None,
-                 write: bool = True, quiet: bool = False) -> dict:
+                 write: bool = True, quiet: bool = False, model=None) -> dict:
     """`zerograd measure`: Table 10 or Table 4 of a run folder's (or a checkpoint file's)
     model over a split of its data (the run's training split by default; `n`: its first n
     images). Writes a results file (RUN/evals/table<T>-<checkpoint>-n<N>.json) and prints the
@@ -137,7 +137,8 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
     _check(table, split, n, batch_size)
     rows_of(table, methods)
     dev = resolve_device(device)
-    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir)
+    model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir,
+                                                        model=model)
     check_available(cfg.dataset, cfg.data_dir)
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
                      train_subset=cfg.train_subset, device=dev, seed=cfg.seed)

@@ -19,6 +19,7 @@ import yaml
 from .config import Config, apply, validate
 from .errors import ConfigError
 from .files import read_yaml
+from .models import is_user_model
 from .registry import did_you_mean
 from .report import build_report
 from .runfolder import RunFolder, differences
@@ -122,7 +123,9 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             if not quiet:
                 how = " (resumed from its last checkpoint)" if resume else ""
                 print(f"[{i}/{len(runs)}] {folder}{how}", file=sys.stderr, flush=True)
-            train(cfg, run.path, quiet=True, force=not resume, resume=resume)
+            # the experiment file is the user's own input to this run: its model spec is theirs
+            own = cfg.model if is_user_model(cfg.model) else None
+            train(cfg, run.path, quiet=True, force=not resume, resume=resume, model=own)
         if keep is not None and run.finished:  # a run the guard stopped has no results to keep
             run.keep_small_files(keep / folder)
     return build_report([out / f for f, _ in runs], out)

@@ -42,6 +42,7 @@ from .files import (
     sha256_file,
     write_json,
 )
+from .models import is_user_model, needs_user_model, user_model
 
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
@@ -314,9 +315,10 @@ def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
     return path
 
 
-def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=None):
+def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=None, model=None):
     """(model, config, checkpoint path, checkpoint dict) from a run folder or checkpoint,
-    loaded as data only."""
+    loaded as data only. A checkpoint of a user model needs `model`: the same spec (imported
+    only then) or a module of the recorded class; none is imported by itself."""
     ckpt_path = resolve_checkpoint(path, which)
     state = load_checkpoint(ckpt_path, map_location=device)
     if not isinstance(state.get("model"), dict) or not isinstance(state.get("config"), dict):
@@ -324,14 +326,22 @@ def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=N
     cfg = from_yaml_dict(state["config"])
     if data_dir is not None:
         cfg.data_dir = str(data_dir)
-    model = model_for(cfg).to(device)
+    user = None
+    if is_user_model(cfg.model):
+        if model is None:
+            raise ConfigError(needs_user_model(cfg.model, f"checkpoint {str(ckpt_path)!r}"))
+        user = user_model(model, recorded=cfg.model)
+    elif model is not None:
+        raise ConfigError(f"checkpoint {str(ckpt_path)!r} holds the built-in model {cfg.model!r}: "
+                          "load it without --model")
+    model = model_for(cfg, user).to(device)
     load_weights(model, state["model"], ckpt_path)
     return model, cfg, ckpt_path, state
 
 
-def load_model(path, which: str = "last", *, device="cpu", data_dir=None):
+def load_model(path, which: str = "last", *, device="cpu", data_dir=None, model=None):
     """(model, config, checkpoint path) from a run folder or checkpoint, loaded as data only."""
-    return load_checkpoint_model(path, which, device=device, data_dir=data_dir)[:3]
+    return load_checkpoint_model(path, which, device=device, data_dir=data_dir, model=model)[:3]
 
 
 def checkpoint_facts(ckpt_path: str | Path, state: dict, cfg: Config) -> dict:

@@ -11,9 +11,10 @@ from pathlib import Path
 import torch
 
 from .accuracy import evaluate
-from .config import Config, model_for, validate
+from .config import Config, apply, check_user_model, model_for, validate
 from .data import Data, check_available, load_data, to_float
 from .errors import ConfigError, ZerogradError
+from .models import UserModel, is_user_model, needs_user_model, user_model
 from .options import DiagnosticsOptions, GuardOptions
 from .precision import amp_dtype
 from .results import attack_title
@@ -62,18 +63,24 @@ def hooks_for(cfg: Config, objective: Objective) -> list[Hook]:
 
 
 def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bool = False,
-          force: bool = False, resume: bool = False, changed: tuple[str, ...] = ()) -> Run:
+          force: bool = False, resume: bool = False, changed: tuple[str, ...] = (),
+          model: str | torch.nn.Module | None = None) -> Run:
     """Train a model by cfg; write the run folder `out` (if given); return the Run. With
     `resume`, continue the unfinished run in `out` from its last checkpoint, bitwise as if it
     had never stopped; `changed` names config keys deliberately changed on resume (see
     runfolder.RESUME_CHANGEABLE), recorded in config.yaml and as a 'config_change' event.
     `callbacks` are extra `zerograd.Hook`s, run after the built-in ones.
+    `model`: your own network, a spec (`module:file.py:factory`, `pkg.module:factory`) or an
+    nn.Module (recorded as `object:<module>.<Class>`); zerograd puts its Normalize in front.
+    Resuming a run of your own network needs the same `model` again: code is never imported
+    from a run folder.
 
     Everything that can be checked is checked before anything is written."""
     cfg = validate(cfg)
     check_hooks(callbacks)
     if resume and out is None:
         raise ConfigError("resume=True needs the run folder to resume as `out`")
+    cfg, user = _user_model(cfg, model, resume, RunFolder(out) if out is not None else None)
     par = setup(cfg)  # torchrun's process group, or a single process
     device = par.device
     amp_dtype(cfg.amp, cfg.amp_dtype, device)  # fp16 without CUDA fails here, before any work
@@ -92,7 +99,7 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
                      seed=cfg.seed)
     if run is not None:
         par.on_main(run.prepare, force=force, resume=resume)
-    model = model_for(cfg).to(device)
+    model = model_for(cfg, user).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
@@ -138,6 +145,37 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
         par.close()
     return Run(cfg=state.cfg, model=model, history=list(history), result=result,
                dir=run.path if run is not None and par.is_main else None, data=data)
+
+
+def _user_model(cfg: Config, model, resume: bool, run: RunFolder | None) -> tuple[Config, UserModel | None]:
+    """cfg with the user's model recorded, and that model imported and checked (one line for
+    a bad one, before any work). A spec in cfg is imported only for a new run (the user wrote
+    it for this run); a resumed run of a user model needs it passed as `model` again."""
+    recorded = cfg.model
+    if resume and run is not None and run.config_file.is_file():
+        try:  # the run's own record (data only): what the caller must pass again
+            recorded = str(run.read_config_dict().get("model", cfg.model))
+        except ConfigError:
+            pass  # resume_point explains
+    if model is None:
+        if resume and is_user_model(recorded):
+            raise ConfigError(needs_user_model(recorded))
+        if not is_user_model(cfg.model):
+            return cfg, None
+        user = user_model(cfg.model)
+    elif resume:
+        if not is_user_model(recorded):
+            raise ConfigError(f"the run uses the built-in model {recorded!r}: resume it without model=")
+        user = user_model(model, recorded=recorded)
+    else:
+        user = user_model(model)
+        if is_user_model(cfg.model) and cfg.model != user.spec:
+            raise ConfigError(f"model={user.spec!r} and the config's model={cfg.model!r} disagree; "
+                              "give one")
+    if user.spec != cfg.model:
+        cfg = validate(apply(cfg, {"model": user.spec}))
+    check_user_model(cfg, user)
+    return cfg, user
 
 
 def final_evaluation(state: TrainState, run: RunFolder | None, stop: Stop | None, quiet: bool) -> dict:

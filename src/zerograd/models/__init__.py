@@ -16,9 +16,11 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .preact_resnet import preact_resnet18
 from .small import mlp, one_layer_cnn, small_cnn
+from .user import UserModel, is_object_model, is_user_model, parse_spec, user_model
 from .wide_resnet import wide_resnet
 
-__all__ = ["MODELS", "Normalize", "build_model", "check_model_args", "model_params"]
+__all__ = ["MODELS", "Normalize", "UserModel", "build_model", "check_model_args", "is_object_model",
+           "is_user_model", "model_params", "needs_user_model", "parse_spec", "user_model"]
 
 
 def _check_model(name: str, args: dict) -> None:
@@ -87,11 +89,17 @@ def _check_value(what: str, value, default) -> None:
 
 def build_model(name: str, *, num_classes: int, in_channels: int = 3,
                 mean: Sequence[float] | torch.Tensor, std: Sequence[float] | torch.Tensor,
-                **model_args) -> nn.Module:
-    """nn.Sequential(Normalize(mean, std), net): the model takes pixels in [0, 1]."""
+                user: UserModel | None = None, **model_args) -> nn.Module:
+    """nn.Sequential(Normalize(mean, std), net): the model takes pixels in [0, 1]. A user
+    model (`name` a spec or an object record, see models/user.py) is built from `user`, which
+    must be given: building never imports code by itself."""
     _check_value("num_classes", num_classes, 1)
     _check_value("in_channels", in_channels, 1)
-    check_model_args(name, model_args)
+    if is_user_model(name):
+        if user is None or user.spec != name:
+            raise ConfigError(needs_user_model(name))
+    else:
+        check_model_args(name, model_args)
     normalize = Normalize(mean, std)
     for label, buf in (("mean", normalize.mean), ("std", normalize.std)):
         if buf.numel() != in_channels:
@@ -99,5 +107,17 @@ def build_model(name: str, *, num_classes: int, in_channels: int = 3,
                               f"(in_channels={in_channels})")
     if not bool((normalize.std > 0).all()):
         raise ConfigError(f"std={normalize.std.flatten().tolist()} is invalid: must be > 0")
-    net = MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_args)
+    if is_user_model(name):
+        net = user.build(num_classes, in_channels, **model_args)
+    else:
+        net = MODELS[name](num_classes=num_classes, in_channels=in_channels, **model_args)
     return nn.Sequential(normalize, net)
+
+
+def needs_user_model(name: str, where: str = "the run") -> str:
+    """The one line for loading a user model without being given it."""
+    if is_object_model(name):
+        return (f"{where} was trained on a Python object ({name}), which cannot be rebuilt from "
+                "disk: pass a module of that class (model=net)")
+    return (f"{where} uses the model {name!r}; zerograd imports no code on its own: pass that "
+            f"spec explicitly (--model {name}, or model= in Python) to load it")
