@@ -6,6 +6,7 @@ the previous checkpoint loadable; a read-only output folder is refused before an
 import builtins
 import errno
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -177,3 +178,13 @@ def test_read_only_output_folder_is_one_line_before_any_work(readonly_dir, capsy
     assert code == 2 and len(err.splitlines()) == 1
     assert err.startswith("zerograd: error: ") and "Permission denied" in err and str(out) in err
     assert list(readonly_dir.iterdir()) == []
+
+
+def test_many_random_files_are_one_line_errors(tmp_path):
+    """Random bytes can parse as a legacy pickle and fail anywhere inside torch's unpickler."""
+    path = tmp_path / "c.pt"
+    for seed in range(300):  # with the pickle protocol prefix, some fail with IndexError/KeyError
+        path.write_bytes(b"\x80\x02" + random.Random(seed).randbytes(256 + seed))
+        with pytest.raises(ConfigError) as e:
+            load_checkpoint(path)
+        assert "\n" not in str(e.value)

@@ -11,6 +11,7 @@ import hashlib
 import io
 import pickle
 import re
+import struct
 import zipfile
 from pathlib import Path
 
@@ -72,7 +73,9 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"checkpoint {str(path)!r} was refused: it asks to run {found[1]}, not plain data; "
             "nothing in it was executed"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:
+    # random bytes can read as a legacy pickle and fail anywhere in torch's restricted unpickler
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError,
+            TypeError, AttributeError, struct.error, MemoryError, OverflowError) as e:
         raise ConfigError(
             f"checkpoint {str(path)!r} is truncated or corrupt and cannot be read ({_first(e)})"
         ) from None
