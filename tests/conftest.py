@@ -5,6 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from zerograd import Hook
+
 torch.set_num_threads(1)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -39,3 +41,18 @@ def tiny_cnn():
 
     return build_model("small_cnn", num_classes=10, in_channels=3, mean=(0.5,) * 3, std=(0.25,) * 3,
                        width=4)
+
+
+class Crash(Exception):
+    pass
+
+
+class CrashAt(Hook):
+    """Simulates a crash (the process dying) after `step` optimizer steps."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step(self, state):
+        if state.step == self.step:
+            raise Crash

@@ -20,6 +20,8 @@ from zerograd.checkpoint import load_checkpoint, save_checkpoint
 from zerograd.runfolder import RunFolder
 from zerograd.runtime import rng_state, set_rng_state
 
+from .conftest import Crash, CrashAt
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SETS = ["epochs=3", "model_args.width=8", "test_n=60", "test_restarts=1", "test_pgd_steps=5",
         "val_size=100", "val_pgd_steps=3"]
@@ -39,21 +41,6 @@ def eval_without_time(run_dir: Path) -> dict:
     result = json.loads((run_dir / "eval.json").read_text())
     result.pop("seconds")
     return result
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Hook):
-    """Simulates a crash (the process dying) after `step` optimizer steps."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, state):
-        if state.step == self.step:
-            raise Crash
 
 
 class Counter(Hook):

@@ -5,29 +5,21 @@ work."""
 import pytest
 import yaml
 
-from zerograd import ConfigError, Hook, load_config, train
+from zerograd import ConfigError, load_config, train
 from zerograd.cli import main
 from zerograd.runfolder import RunFolder, resume_config
+
+from .conftest import Crash, CrashAt
 
 SETS = ["epochs=3", "train_subset=256", "val_size=64", "test_n=32", "test_restarts=1",
         "test_pgd_steps=2", "method_args.q=0.2"]
 STEPS = 4  # 256 / 64
 
 
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Hook):
-    def on_step(self, state):
-        if state.step == STEPS + 2:
-            raise Crash
-
-
 def crashed_run(tmp_path):
     cfg = load_config("quickstart", SETS + ["batch_size=64"])
     with pytest.raises(Crash):
-        train(cfg, tmp_path / "r", quiet=True, callbacks=[CrashAt()])
+        train(cfg, tmp_path / "r", quiet=True, callbacks=[CrashAt(STEPS + 2)])
     return tmp_path / "r"
 
 

@@ -8,11 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from zerograd import ConfigError, Hook, load_config, train
+from zerograd import ConfigError, load_config, train
 from zerograd.cli import main
 from zerograd.evaluate import evaluate_path
 from zerograd.export import export_model, load_exported
 from zerograd.runfolder import RunFolder, load_model
+
+from .conftest import Crash, CrashAt
 
 SETS = ["dataset=digits", "epochs=2", "method=fgsm_rs", "batch_size=64", "test_n=60",
         "test_restarts=1", "test_pgd_steps=3", "val_size=100", "val_pgd_steps=3"]
@@ -54,19 +56,6 @@ class Tiny(nn.Module):
 
     def forward(self, x):
         return self.net(x)
-
-
-class Crash(Exception):
-    pass
-
-
-class CrashAt(Hook):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step(self, state):
-        if state.step == self.step:
-            raise Crash
 
 
 def same_weights(a: dict, b: dict) -> bool:
