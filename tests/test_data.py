@@ -440,3 +440,22 @@ def test_rotation_is_repeatable_moves_pixels_and_fills_zeros():
 def test_bad_pad_mode_is_refused():
     with pytest.raises(ConfigError, match="pad_mode='wrap' is invalid: must be one of zeros, reflect"):
         next(batches(_index_split(4), 4, shuffle=False, augment=True, pad_mode="wrap"))
+
+
+@pytest.mark.parametrize("rotate", [0.0, 10.0])
+def test_batches_from_start_equal_the_tail_of_a_full_pass(rotate):
+    """Resuming mid-epoch starts at batch k: it must be bitwise batch k of the whole epoch."""
+    split = _index_split(50)
+
+    def epoch(start):
+        g = torch.Generator().manual_seed(3)
+        return list(batches(split, 8, shuffle=True, augment=True, generator=g, rotate=rotate, start=start))
+
+    full = epoch(0)
+    for k in (1, 4, 6, 7):
+        tail = epoch(k)
+        assert len(tail) == len(full) - k
+        for (xa, ya), (xb, yb) in zip(full[k:], tail):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    with pytest.raises(ConfigError, match="start -1"):
+        next(batches(split, 8, shuffle=False, augment=False, start=-1))

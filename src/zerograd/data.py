@@ -473,14 +473,11 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str =
     before rotation existed.
     """
     b, _, h, w = x.shape
-    dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
-    dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
-    flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
+    dy, dx, flipped, angles = _draw(b, generator, flip, rotate)
     i = torch.arange(h).view(1, h, 1)  # output pixel (i, j) of the crop; rows and columns
     j = torch.arange(w).view(1, 1, w)  # stay separable (broadcast) unless rotated
     inside = None  # where the output reads an image pixel, not the zero fill (None: everywhere)
-    if rotate > 0:
-        angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
+    if angles is not None:
         i, j, inside = _rotated_source(i.expand(b, h, w), j.expand(b, h, w), angles)
     j = torch.where(flipped, w - 1 - j, j)  # flipping the crop = reading its columns backwards
     rows, cols = i + dy - PAD, j + dx - PAD  # in the unpadded image
@@ -495,6 +492,19 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str =
     if inside is not None:  # (b, h, w, C): zero outside the image
         out = out * inside.to(dev)[..., None].to(out.dtype)
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _draw(b: int, generator: torch.Generator | None, flip: bool, rotate: float):
+    """The random numbers `_augment` uses for a batch of b images, in their fixed order
+    (rows, columns, flips, then angles when rotating). Skipping a batch (`batches(start=...)`)
+    draws them too, so the batches after it are the same as in a run that trained on it."""
+    dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
+    dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
+    flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
+    angles = None
+    if rotate > 0:
+        angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
+    return dy, dx, flipped, angles
 
 
 def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -527,12 +537,15 @@ def batches(
     pad_mode: str = "zeros",
     flip: bool = True,
     rotate: float = 0.0,
+    start: int = 0,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x float32 in [0, 1], y) batches on the split's device.
 
     With `shuffle`, one permutation per call (i.e. per epoch) is drawn from `generator` before
     any augmentation draws, then each batch draws its crop offsets, flips and angles
-    (`pad_mode`, `flip`, `rotate` as in `_augment`).
+    (`pad_mode`, `flip`, `rotate` as in `_augment`). `start`: begin at that batch of the
+    epoch, drawing (not applying) the skipped batches' augmentation, so batch k is bitwise the
+    batch k of a full pass (what resuming in the middle of an epoch needs).
     """
     if pad_mode not in PAD_MODES:
         raise ConfigError(f"pad_mode={pad_mode!r} is invalid: must be one of {', '.join(PAD_MODES)}")
@@ -543,12 +556,18 @@ def batches(
     n = len(split)
     device = split.x.device
     order = torch.randperm(n, generator=generator) if shuffle else None
+    if start < 0:
+        raise ConfigError(f"start {start} must be >= 0 (a batch index)")
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
+    for number, first in enumerate(range(0, stop, batch_size)):
+        if number < start:
+            if augment:
+                _draw(min(batch_size, n - first), generator, flip, rotate)
+            continue
         if order is None:
-            x, y = split.x[start:start + batch_size], split.y[start:start + batch_size]
+            x, y = split.x[first:first + batch_size], split.y[first:first + batch_size]
         else:
-            idx = order[start:start + batch_size].to(device)
+            idx = order[first:first + batch_size].to(device)
             x, y = split.x[idx], split.y[idx]
         if augment:
             x = _augment(x, generator, pad_mode, flip, rotate)
