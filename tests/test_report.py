@@ -10,7 +10,7 @@ import yaml
 
 from zerograd import ConfigError
 from zerograd.cli import main
-from zerograd.report import build_report, co_epoch, read_run, setting_label
+from zerograd.report import build_report, co_epoch, collapsed_at_end, read_run, setting_label
 from zerograd.reproduce import command_line, plan, reproduce
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -63,10 +63,13 @@ def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
     text = path.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| fgsm_rs alpha=2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3"
-    assert cells[6] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
+    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3" and cells[4] == "1/2"
+    assert cells[7] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
+    assert cells[9] == "-"  # no AutoAttack result
     zg = next(line for line in text.splitlines() if line.startswith("| zerograd q=0.25 |"))
-    assert "| 1/1 | 2 | 1 |" in zg and "30.00" in zg
+    # the guard's CO event counts as a flag; the run recovered, so no CO at the end;
+    # its AutoAttack file is of another checkpoint (best) and n, so it is not the column's
+    assert "| 1/1 | 2 | 0/1 | 1 |" in zg and "30.00" in zg and zg.split("|")[10].strip() == "-"
     assert "| zg-s0 | evals/aa.json | best |" in text and "autoattack" in text
     for name in ("overview", "rs-s0", "rs-s1", "zg-s0"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG
@@ -152,3 +155,24 @@ def test_settings_that_differ_in_epochs_eps_or_model_get_distinct_labels():
     labels = distinct_labels(configs)
     assert len(labels) == 3 and len(set(labels.values())) == 3  # seeds are one setting
     assert labels[setting_key(configs[2])] == "zerograd · epochs=20 eps=0.2 model=small_cnn"
+
+
+def test_co_at_end_tells_a_persistent_collapse_from_a_dip(tmp_path):
+    dip = make_run(tmp_path / "dip", seed=0, pgd=[0.2, 0.04, 0.25, 0.3], fgsm=[0.3, 0.3, 0.35, 0.4], robust=0.3)
+    stays = make_run(tmp_path / "stays", seed=0, pgd=[0.2, 0.04, 0.05, 0.09], fgsm=[0.3, 0.3, 0.4, 0.5],
+                     robust=0.0)
+    never = make_run(tmp_path / "never", seed=0, pgd=[0.2, 0.25, 0.3], fgsm=[0.3, 0.35, 0.4], robust=0.3)
+    assert [co_epoch(read_run(r)) for r in (dip, stays, never)] == [2, 2, None]
+    assert [collapsed_at_end(read_run(r)) for r in (dip, stays, never)] == [False, True, False]
+
+
+def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3) for i in range(3)]
+    for run, acc in zip(runs[:2], (0.2, 0.3)):
+        (run / "evals").mkdir()
+        (run / "evals" / "aa.json").write_text(json.dumps({
+            "clean_acc": 0.5, "robust_acc": acc, "n": 100, "checkpoint": "last",
+            "attack": {"name": "autoattack", "version": "standard"}}))
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[10].strip() == "25.00 ± 7.07 (2/3)"

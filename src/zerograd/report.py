@@ -90,6 +90,16 @@ def co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
     return None
 
 
+def collapsed_at_end(run: RunRecord, options: GuardOptions | None = None) -> bool:
+    """CO that persists: the detector flags an epoch and the last epoch's validation PGD
+    accuracy is still below `drop` times its best over the run. A flag the run recovers from
+    (a transient dip, or a collapse the guard rolled back) is not CO at the end."""
+    if co_epoch(run, options) is None:
+        return False
+    pgd = [r["val/pgd_acc"] for r in run.epochs if isinstance(r.get("val/pgd_acc"), (int, float))]
+    return bool(pgd) and pgd[-1] < (options or GuardOptions()).drop * max(pgd)
+
+
 def setting_label(config: dict) -> str:
     """A short name for a run's setting: method, its non-default hyperparameters, GradAlign."""
     method = config.get("method", "?")
@@ -148,14 +158,25 @@ def final_eval(run: RunRecord) -> dict | None:
     return next((e for name, e in run.evals if name == RESULT), None)
 
 
+def autoattack_eval(run: RunRecord) -> dict | None:
+    """The run's standard AutoAttack result of the checkpoint and images its eval.json used
+    (the newest, if several), so the column compares the same model on the same points."""
+    final = final_eval(run) or {}
+    same = [e for _, e in run.evals if (e.get("attack") or {}).get("name") == "autoattack"
+            and (e["attack"].get("version") or "standard") == "standard"
+            and e.get("checkpoint") == final.get("checkpoint") and e.get("n") == final.get("n")]
+    return max(same, key=lambda e: str(e.get("created", "")), default=None)
+
+
 def comparison_table(runs: list[RunRecord]) -> list[str]:
     """Markdown rows: one per setting, mean +- std over its runs of the final test accuracy."""
     groups: dict[str, list[RunRecord]] = {}
     for r in runs:
         groups.setdefault(setting_key(r.config), []).append(r)
     labels = distinct_labels([r.config for r in runs])
-    lines = ["| setting | seeds | CO (runs) | CO epochs | rollbacks | clean % | robust % | attack | s/epoch |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [("| setting | seeds | CO (runs) | CO epochs | CO at end | rollbacks | clean % | robust % | attack "
+              "| AutoAttack % | s/epoch |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for members in groups.values():
         evals = [final_eval(r) for r in members]
         attacks = {_attack_name(e) for e in evals if e}
@@ -166,11 +187,21 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
         lines.append(
             f"| {labels[setting_key(members[0].config)]} | {len(members)} | "
             f"{sum(c is not None for c in cos)}/{len(members)} | "
-            f"{', '.join(str(c) for c in cos if c is not None) or '-'} | {rollbacks} | "
+            f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
+            f"{sum(collapsed_at_end(r) for r in members)}/{len(members)} | {rollbacks} | "
             f"{mean_std([e['clean_acc'] for e in evals if e])} | "
             f"{mean_std([e['robust_acc'] for e in evals if e])} | {', '.join(sorted(attacks)) or '-'} | "
-            f"{seconds} |")
+            f"{_autoattack_cell(members)} | {seconds} |")
     return lines
+
+
+def _autoattack_cell(members: list[RunRecord]) -> str:
+    """mean +- std of standard AutoAttack over the runs that have it ('(k/n)' when only some do)."""
+    found = [e for e in map(autoattack_eval, members) if e is not None]
+    if not found:
+        return "-"
+    cell = mean_std([e["robust_acc"] for e in found])
+    return cell if len(found) == len(members) else f"{cell} ({len(found)}/{len(members)})"
 
 
 def _attack_name(e: dict) -> str:
@@ -385,7 +416,10 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
              ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting). "
              "CO: runs where the catastrophic-overfitting detector (validation PGD accuracy below half its "
              "best while FGSM accuracy holds) fired, logged by the guard or found afterwards in "
-             "`metrics.jsonl`."), ""]
+             "`metrics.jsonl`. CO at end: runs whose last validation PGD accuracy is still below half its "
+             "best (a collapse that persists, not a dip the run recovered from or a collapse rolled back). "
+             "AutoAttack: the standard AutoAttack result (`zerograd eval RUN --attack autoattack`) of the "
+             "same checkpoint and images as `eval.json`, where one exists."), ""]
     lines += comparison_table(runs)
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
