@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
+from torch.nn.parameter import is_lazy
 
 from .errors import ConfigError
 from .files import atomic_write
@@ -166,7 +167,8 @@ def weights_mismatch(expected: dict, weights: dict, shown: int = 3) -> str | Non
 
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
-    shapes = [k for k in expected if k in weights and expected[k].shape != weights[k].shape]
+    shapes = [k for k in expected if k in weights and not is_lazy(expected[k])  # lazy: any shape
+              and expected[k].shape != weights[k].shape]
     parts = []
     if missing:
         parts.append(f"the model expects {few(missing)}, missing from the file")

@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from .accuracy import evaluate, evaluate_autoattack, evaluate_fgsm
 from .autoattack import resolve_plan
 from .checkpoint import fit_weights, read_weights
 from .config import MAX_SEED, Config, apply, model_for, normalization, parse_number, parse_override, validate
-from .data import DATASETS, check_available, load_data
+from .data import DATASETS, check_available, load_data, to_float
 from .errors import ConfigError
 from .files import sha256_file, write_json
 from .models import is_user_model, user_model
@@ -30,7 +31,7 @@ from .runfolder import (
     results_path,
     run_folder_of,
 )
-from .runtime import resolve_device, seed_everything
+from .runtime import eval_mode, resolve_device, seed_everything
 from .sanity import check_accuracies, sanity_checks
 
 EVAL_ATTACKS: Registry = Registry("attack")
@@ -199,6 +200,22 @@ def model_args_of(overrides) -> dict:
     return args
 
 
+def _probe(model, split, num_classes: int, name: str) -> None:
+    """One test image through a model zerograd did not train, before any attack: a network
+    built for another input size or class count fails here in one line, not mid-evaluation."""
+    x = to_float(split.x[:1])
+    try:
+        with torch.no_grad(), eval_mode(model):
+            logits = model(x)
+    except Exception as e:  # noqa: BLE001 (the user's network: any failure is a bad input)
+        raise ConfigError(f"model {name!r} fails on a test image of shape {tuple(x.shape)}: "
+                          f"{type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
+    if not isinstance(logits, torch.Tensor) or tuple(logits.shape) != (1, num_classes):
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+        raise ConfigError(f"model {name!r} returned {got} for one test image; the evaluation needs "
+                          f"logits of shape (1, {num_classes}) (one per class)")
+
+
 def _evaluate_model(model, cfg, facts: dict, *, dev, trained: bool, run: str | None, target,
                     attack, n, steps, restarts, alpha, eps_value, batch_size, seed, version,
                     attacks, state, attack_params, out, checks, check_steps, write, quiet) -> dict:
@@ -212,6 +229,8 @@ def _evaluate_model(model, cfg, facts: dict, *, dev, trained: bool, run: str | N
     check_available(cfg.dataset, cfg.data_dir)
     data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, test_subset=n,
                      device=dev, seed=cfg.seed)
+    if not trained:
+        _probe(model, data.test, data.info.num_classes, cfg.model)
     planned = {"name": attack, "eps": eps_value, "steps": steps, "restarts": restarts,
                "version": version, "attacks": attacks}
     eps_tag = "" if eps_value == cfg.eps else f"-eps{eps_value:.4g}"
