@@ -5,6 +5,7 @@ evaluated by the same code as a run. The clean accuracy equals an independent fo
 checkpoint evaluates as its run does; every bad input is one line and exit 2, before any work."""
 import json
 import re
+import runpy
 from pathlib import Path
 
 import pytest
@@ -193,8 +194,8 @@ BAD = [  # (argv after `eval`, with W = a good weights file, a pattern of the on
     (["--model", "net.py:three_classes", "--weights", "w3.safetensors", "--dataset", "digits"],
      r"returned \(1, 3\) for one test image; the evaluation needs logits of shape \(1, 10\)"),
     (["--model", "SPEC", "--weights", "other.safetensors", "--dataset", "digits"],
-     r"the model expects 1.weight, 1.bias, 3.weight, ... \(4 in all\), missing from the file; "
-     r"the file has head, which the model does not$"),
+     (r"the model expects 1.weight, 1.bias, 3.weight, ... \(4 in all\), missing from the file; "
+      r"the file has head, which the model does not$")),
     (["--model", "net.py:nope", "--weights", "W", "--dataset", "digits"], r"has no attribute 'nope'"),
     (["--model", "net.py:not_a_module", "--weights", "W", "--dataset", "digits"],
      r"returned str, not a torch.nn.Module"),
@@ -232,8 +233,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(argv, pattern, tmp_pat
     torch.save({"name": "net", "epoch": 3}, "text.pt")
     save_file({**state, "3.bias": torch.full((10,), float("nan"))}, "nan.safetensors")
     save_file({"head": torch.ones(2)}, "other.safetensors")
-    factories = {}
-    exec(NET, factories)  # the file's own factories, for weights that fit them
+    factories = runpy.run_path("net.py")  # the file's own factories, for weights that fit them
     for name, out in (("for_32px", "w32.safetensors"), ("three_classes", "w3.safetensors")):
         save_file(factories[name](10, 1).state_dict(), out)
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -71,11 +71,11 @@ EXTERNAL_ONLY = (("--weights", "weights"), ("--dataset", "dataset"), ("--normali
 
 def _eval(args) -> int:
     external = [flag for flag, dest in EXTERNAL_ONLY if getattr(args, dest) is not None]
-    common = dict(attack=args.attack, n=args.n, steps=args.steps, restarts=args.restarts,
-                  alpha=args.alpha, eps=args.eps, data_dir=args.data_dir,
-                  batch_size=args.batch_size, seed=args.seed, version=args.version,
-                  attacks=args.attacks, state=args.state, out=args.out,
-                  checks=not args.no_checks, quiet=args.quiet or args.json)
+    common = {"attack": args.attack, "n": args.n, "steps": args.steps, "restarts": args.restarts,
+              "alpha": args.alpha, "eps": args.eps, "data_dir": args.data_dir,
+              "batch_size": args.batch_size, "seed": args.seed, "version": args.version,
+              "attacks": args.attacks, "state": args.state, "out": args.out,
+              "checks": not args.no_checks, "quiet": args.quiet or args.json}
     if args.path is not None:
         if external:
             raise ConfigError(f"{external[0]} is for a model zerograd did not train, which has no run "

@@ -17,7 +17,16 @@ from torch import nn
 from .accuracy import evaluate, evaluate_autoattack, evaluate_fgsm
 from .autoattack import resolve_plan
 from .checkpoint import fit_weights, read_weights
-from .config import MAX_SEED, Config, apply, model_for, normalization, parse_number, parse_override, validate
+from .config import (
+    MAX_SEED,
+    Config,
+    apply,
+    model_for,
+    normalization,
+    parse_number,
+    parse_override,
+    validate,
+)
 from .data import DATASETS, check_available, load_data, to_float
 from .errors import ConfigError
 from .files import sha256_file, write_json
