@@ -201,7 +201,22 @@ def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
+    from safetensors.torch import save_file
+
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    save_file({**state, "1.0.weight": torch.full_like(state["1.0.weight"], float("nan"))},
+              str(tmp / "nan.safetensors"))
+    return tmp / "nan.safetensors"
+
+
+def _junk_weights(tmp: Path, run: Path, p: dict) -> Path:
+    (tmp / "junk.safetensors").write_bytes(bytes(range(256)) * 8)
+    return tmp / "junk.safetensors"
+
+
 LAZY = {  # placeholders made only for the rows that use them
+    "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights,
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
