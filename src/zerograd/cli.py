@@ -100,7 +100,8 @@ def _eval(args) -> int:
         print(f"weights {result['checkpoint']} (sha256 {result['checkpoint_sha256'][:16]}), model "
               f"{result['model']}, normalization " + (
                   "none (the model gets pixels in [0, 1])" if norm is None else
-                  f"mean {norm['mean']} std {norm['std']} (from {norm['from']})"))
+                  f"mean {[round(v, 4) for v in norm['mean']]} std {[round(v, 4) for v in norm['std']]} "
+                  f"(from {norm['from']})"))
     else:
         print(f"checkpoint {result['checkpoint']} ({result['checkpoint_kind']}, epoch "
               f"{result['checkpoint_epoch']}, sha256 {result['checkpoint_sha256'][:16]})")
