@@ -181,6 +181,10 @@ BAD = [  # (argv after `eval`, with W = a good weights file, a pattern of the on
      r"is not a readable safetensors file"),
     (["--model", "SPEC", "--weights", "junk.pt", "--dataset", "digits"],
      r"weights file '.*junk.pt' is truncated or corrupt"),
+    (["--model", "SPEC", "--weights", "empty.pt", "--dataset", "digits"],
+     r"weights file '.*empty.pt' is not a state_dict: it holds no tensors$"),
+    (["--model", "SPEC", "--weights", ".", "--dataset", "digits"],
+     r"weights file '.' is a folder: give the file inside it"),
     (["--model", "SPEC", "--weights", "text.pt", "--dataset", "digits"],
      r"holds no state_dict: .*\(its keys: name, epoch\)$"),
     (["--model", "SPEC", "--weights", "nan.safetensors", "--dataset", "digits"],
@@ -231,6 +235,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(argv, pattern, tmp_pat
     Path("junk.safetensors").write_bytes(bytes(range(256)) * 8)
     Path("junk.pt").write_bytes(bytes(range(256)) * 8)
     torch.save({"name": "net", "epoch": 3}, "text.pt")
+    torch.save({}, "empty.pt")
     save_file({**state, "3.bias": torch.full((10,), float("nan"))}, "nan.safetensors")
     save_file({"head": torch.ones(2)}, "other.safetensors")
     factories = runpy.run_path("net.py")  # the file's own factories, for weights that fit them
@@ -247,3 +252,35 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(argv, pattern, tmp_pat
     assert err.count("\n") == 1 and err.startswith("zerograd: error: "), err
     assert re.search(pattern, err.rstrip("\n")), err
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != "__pycache__") == before
+
+
+def test_hostile_values_of_every_eval_option_with_weights(tmp_path, capsys, monkeypatch):
+    """tests/test_hostile.py's values for every option of `eval`, from a valid `--weights`
+    command line (that file's walk starts from `eval RUN`): exit 0, or one line and exit 2."""
+    from .test_hostile import HOSTILE, kind, with_value
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET)
+    torch.manual_seed(0)
+    save_file(make_net().state_dict(), "w.safetensors")
+    base = ["eval", "--model", "net.py:make", "--weights", "w.safetensors", "--dataset", "digits",
+            "--n", "8", "--steps", "1", "--restarts", "1", "--no-checks", "--quiet", "--out", "e.json"]
+    from zerograd.cli import build_parser
+
+    sub = next(a for a in build_parser()._subparsers._group_actions if a.choices)
+    tried = 0
+    for action in sub.choices["eval"]._actions:
+        if kind(action) is None or not action.option_strings:
+            continue
+        for value in HOSTILE[kind(action)]:
+            args = with_value(base, action.option_strings[0], value, False)
+            try:
+                code = main(args)
+            except SystemExit as e:
+                code = e.code
+            captured = capsys.readouterr()
+            assert code in (0, 2) and "internal error" not in captured.err, (args, captured.err)
+            if code == 2:
+                assert len(captured.err.strip().splitlines()) == 1, (args, captured.err)
+            tried += 1
+    assert tried > 100

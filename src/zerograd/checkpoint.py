@@ -123,6 +123,9 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     DataParallel's `module.` prefix is dropped when every key has it. Non-finite values are
     refused: an attack on NaN logits measures nothing."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"weights file {str(path)!r} is a folder: give the file inside it (e.g. "
+                          "a zerograd export's model.safetensors)")
     if not path.is_file():
         raise ConfigError(f"weights file {str(path)!r} does not exist")
     suffix = path.suffix.lower()
