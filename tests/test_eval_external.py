@@ -19,11 +19,24 @@ from zerograd.evaluate import evaluate_external
 from zerograd.runfolder import RunFolder, external_results_path
 
 NET = """
+import torch
 from torch import nn
 
 def make(num_classes, in_channels, hidden=16):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, hidden), nn.ReLU(),
                          nn.Linear(hidden, num_classes))
+
+class Scale(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(1))
+        self.register_buffer("std", torch.ones(1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+def own_normalize(num_classes, in_channels):  # keys 0.mean, 0.std, 1.*: a zerograd export's
+    return nn.Sequential(Scale(), nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, num_classes)))
 
 def not_a_module(num_classes, in_channels):
     return "net"
@@ -137,10 +150,29 @@ def test_model_args_reach_the_factory_and_the_python_api_takes_a_module(tmp_path
                       str(tmp_path / "h7.pt"), "--dataset", "digits", "--no-checks", *QUICK)
     assert result["model_args"] == {"hidden": 7}
     assert result["clean_acc"] == pytest.approx(accuracy_of(net), abs=1e-9)
-    same = evaluate_external(tmp_path / "h7.pt", model=make_net(hidden=7), dataset="digits", n=N,
+    architecture = make_net(hidden=7)
+    before = {k: v.clone() for k, v in architecture.state_dict().items()}
+    same = evaluate_external(tmp_path / "h7.pt", model=architecture, dataset="digits", n=N,
                              steps=3, restarts=1, eps="0.1", checks=False, write=False)
+    assert all(torch.equal(v, before[k]) for k, v in architecture.state_dict().items())  # a copy
     assert (same["clean_acc"], same["robust_acc"]) == (result["clean_acc"], result["robust_acc"])
     assert same["model"].startswith("object:")
+
+
+def test_a_network_with_its_own_normalize_layer_first_is_not_taken_for_zerograds(tmp_path, capsys):
+    (tmp_path / "net.py").write_text(NET)
+    net = runpy.run_path(str(tmp_path / "net.py"))["own_normalize"](10, 1)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        net[0].mean.fill_(0.3)
+        net[0].std.fill_(0.4)
+        net[1][1].weight.normal_()
+    save_file(net.state_dict(), str(tmp_path / "own.safetensors"))
+    result = run_json(capsys, "--model", f"{tmp_path / 'net.py'}:own_normalize", "--weights",
+                      str(tmp_path / "own.safetensors"), "--dataset", "digits", "--no-checks",
+                      *QUICK)
+    assert result["normalization"] is None  # the network's own layer, loaded as the network's
+    assert result["clean_acc"] == pytest.approx(accuracy_of(net), abs=1e-9)
 
 
 def test_a_zerograd_export_or_checkpoint_evaluates_as_its_run(tmp_path, capsys):

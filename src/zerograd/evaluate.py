@@ -4,6 +4,7 @@ on the test split, the gradient-masking checks, and a results file. Both kinds g
 one evaluation (`_evaluate_model`): the same attacks, checks and results record."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -156,7 +157,8 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
         raise ConfigError("--mean and --std go together: give both (one value per channel) or neither")
     if mean is not None and normalize != "none":
         raise ConfigError("--mean/--std and --normalize dataset both choose the normalization: give one")
-    user = user_model(model) if isinstance(model, nn.Module) else None
+    # a module is a copy: the weights are loaded into it, never into the caller's object
+    user = user_model(copy.deepcopy(model)) if isinstance(model, nn.Module) else None
     cfg = validate(apply(Config(), {
         "dataset": dataset, "model": model if user is None else user.spec,
         "model_args": model_args or {}, "mean": mean, "std": std, "val_size": 0,
@@ -170,7 +172,8 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     mean, std = normalization(cfg) if normalized else ([0.0] * channels, [1.0] * channels)
     net = model_for(dataclasses.replace(cfg, mean=mean, std=std), user)  # Normalize(0, 1): identity
     what = f"model {cfg.model!r}"
-    if all(k in state_dict for k in ZEROGRAD_LAYOUT):
+    # the network's own keys first: a network may well begin with a layer named like Normalize
+    if set(state_dict) != set(net[1].state_dict()) and all(k in state_dict for k in ZEROGRAD_LAYOUT):
         if normalized:
             raise ConfigError(f"weights file {str(weights)!r} is a zerograd model with its own "
                               f"normalization ({', '.join(ZEROGRAD_LAYOUT)}): drop --normalize/--mean/--std")
