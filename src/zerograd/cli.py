@@ -272,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--normalize", choices=NORMALIZE, default=None,
                    help="with --weights: none (default: the network gets pixels in [0, 1] and "
                    "normalizes itself, like RobustBench models) or dataset (zerograd's Normalize "
-                   "with the dataset's mean/std in front); eps is in pixels either way")
+                   "with the dataset's mean/std in front); eps is in pixels either way; a zerograd export or "
+                   "checkpoint brings its own")
     p.add_argument("--mean", type=finite, nargs="+", metavar="M",
                    help="with --weights: put Normalize with this per-channel mean in front (with --std)")
     p.add_argument("--std", type=finite, nargs="+", metavar="S",
