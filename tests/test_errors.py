@@ -201,7 +201,58 @@ def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
+    from safetensors.torch import save_file
+
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    save_file({**state, "1.0.weight": torch.full_like(state["1.0.weight"], float("nan"))},
+              str(tmp / "nan.safetensors"))
+    return tmp / "nan.safetensors"
+
+
+def _junk_weights(tmp: Path, run: Path, p: dict) -> Path:
+    (tmp / "junk.safetensors").write_bytes(bytes(range(256)) * 8)
+    return tmp / "junk.safetensors"
+
+
+def _empty_weights(tmp: Path, run: Path, p: dict) -> Path:
+    torch.save({"state_dict": {}}, tmp / "empty.pt")
+    return tmp / "empty.pt"
+
+
+NETS = """
+from torch import nn
+
+def for_32px(num_classes, in_channels):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 32 * 32, num_classes))
+
+def three_classes(num_classes, in_channels):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * 64, 3))
+"""
+
+
+def _net_spec(factory: str):
+    """A spec of a factory in a file the test writes: the placeholder is the whole spec."""
+    def make(tmp: Path, run: Path, p: dict) -> Path:
+        (tmp / "nets.py").write_text(NETS)
+        return Path(f"module:{tmp / 'nets.py'}:{factory}")
+    return make
+
+
+def _net_weights(inputs: int, classes: int, name: str):
+    def make(tmp: Path, run: Path, p: dict) -> Path:
+        from safetensors.torch import save_file
+
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, classes))
+        save_file(net.state_dict(), str(tmp / name))
+        return tmp / name
+    return make
+
+
 LAZY = {  # placeholders made only for the rows that use them
+    "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
+    "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
+    "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,

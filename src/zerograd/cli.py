@@ -16,7 +16,7 @@ from .bench import run_bench
 from .catalog import preset_lines, presets_markdown
 from .config import load_config
 from .errors import ConfigError, ZerogradError
-from .evaluate import evaluate_path
+from .evaluate import NORMALIZE, evaluate_external, evaluate_path, model_args_of
 from .export import export_model
 from .measure import measure_path
 from .methods import METHODS
@@ -65,22 +65,47 @@ def _resume(args, overrides: list[str]) -> int:
     return 0
 
 
+EXTERNAL_ONLY = (("--weights", "weights"), ("--dataset", "dataset"), ("--normalize", "normalize"),
+                 ("--mean", "mean"), ("--std", "std"), ("--set", "set"))
+
+
 def _eval(args) -> int:
-    result = evaluate_path(args.path, attack=args.attack, n=args.n, steps=args.steps,
-                           restarts=args.restarts, alpha=args.alpha, eps=args.eps,
-                           which=args.checkpoint, data_dir=args.data_dir,
-                           batch_size=args.batch_size, seed=args.seed, version=args.version,
-                           attacks=args.attacks, state=args.state, out=args.out,
-                           checks=not args.no_checks, quiet=args.quiet or args.json,
-                           model=args.model)
+    external = [flag for flag, dest in EXTERNAL_ONLY if getattr(args, dest) is not None]
+    common = {"attack": args.attack, "n": args.n, "steps": args.steps, "restarts": args.restarts,
+              "alpha": args.alpha, "eps": args.eps, "data_dir": args.data_dir,
+              "batch_size": args.batch_size, "seed": args.seed, "version": args.version,
+              "attacks": args.attacks, "state": args.state, "out": args.out,
+              "checks": not args.no_checks, "quiet": args.quiet or args.json}
+    if args.path is not None:
+        if external:
+            raise ConfigError(f"{external[0]} is for a model zerograd did not train, which has no run "
+                              f"folder: give either RUN ({args.path!r}) or --model SPEC --weights FILE "
+                              "--dataset NAME, not both")
+        result = evaluate_path(args.path, which=args.checkpoint or "last", model=args.model, **common)
+    else:
+        if args.checkpoint is not None:
+            raise ConfigError("--checkpoint chooses a run folder's checkpoint; --weights names the "
+                              "file itself")
+        result = evaluate_external(args.weights, model=args.model, dataset=args.dataset,
+                                   model_args=model_args_of(args.set),
+                                   normalize=args.normalize or "none", mean=args.mean,
+                                   std=args.std, **common)
     if args.json:
         print(json.dumps(result))
         return 0
     a = result["attack"]
     name = attack_title(a)
-    print(f"checkpoint {result['checkpoint']} ({result['checkpoint_kind']}, epoch "
-          f"{result['checkpoint_epoch']}, sha256 {result['checkpoint_sha256'][:16]})\n"
-          f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
+    if result["checkpoint_kind"] == "external":
+        norm = result["normalization"]
+        print(f"weights {result['checkpoint']} (sha256 {result['checkpoint_sha256'][:16]}), model "
+              f"{result['model']}, normalization " + (
+                  "none (the model gets pixels in [0, 1])" if norm is None else
+                  f"mean {[round(v, 4) for v in norm['mean']]} std {[round(v, 4) for v in norm['std']]} "
+                  f"(from {norm['from']})"))
+    else:
+        print(f"checkpoint {result['checkpoint']} ({result['checkpoint_kind']}, epoch "
+              f"{result['checkpoint_epoch']}, sha256 {result['checkpoint_sha256'][:16]})")
+    print(f"{result['dataset']} {result['split']}, n={result['n']}, eps={a['eps']:.5f}\n"
           f"clean accuracy   {100 * result['clean_acc']:6.2f}%\n"
           f"{name} accuracy {100 * result['robust_acc']:6.2f}%  ({result['seconds']:.1f}s)")
     if "robust_after" in result:
@@ -209,27 +234,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser("eval", help="clean and robust accuracy (PGD, FGSM, AutoAttack) of a "
-                       "run folder or checkpoint, with gradient-masking checks and a results file")
-    p.add_argument("path", help="run folder or checkpoint file")
+                       "run folder, a checkpoint or a model zerograd did not train, with "
+                       "gradient-masking checks and a results file",
+                       description="zerograd eval RUN evaluates a run folder or checkpoint; "
+                       "zerograd eval --model SPEC --weights FILE --dataset NAME evaluates a "
+                       "model zerograd did not train (see docs/evaluation.md).")
+    p.add_argument("path", nargs="?", help="run folder or checkpoint file (omit it with --weights)")
     p.add_argument("--attack", default="pgd", help="pgd, fgsm or autoattack")
     p.add_argument("--version", default="standard",
                    help="AutoAttack version: standard, plus, rand or custom")
     p.add_argument("--attacks", nargs="+", help="AutoAttack attacks for --version custom "
                    "(apgd-ce apgd-dlr apgd-t fab fab-t square)")
     p.add_argument("--n", type=int64, help="evaluate the first N test images")
-    p.add_argument("--steps", type=int64, default=None, help="PGD steps (default: the run's test_pgd_steps)")
-    p.add_argument("--restarts", type=int64, default=None, help="PGD restarts (default: the run's test_restarts)")
+    p.add_argument("--steps", type=int64, default=None, help="PGD steps (default: the run's test_pgd_steps; 50 with --weights)")
+    p.add_argument("--restarts", type=int64, default=None, help="PGD restarts (default: the run's test_restarts; 10 with --weights)")
     p.add_argument("--alpha", type=finite, default=None, help="PGD step in units of eps (default: the run's test_alpha, 0.25 = 2/255 at eps 8/255)")
-    p.add_argument("--eps", help="override the run's eps (e.g. 8/255)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
+    p.add_argument("--eps", help="override the run's eps (e.g. 8/255; default 8/255 with --weights)")
+    p.add_argument("--checkpoint", choices=("last", "best"), default=None,
+                   help="which checkpoint of a run folder (default last)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--batch-size", type=int64, default=256, help="evaluation batch size")
     p.add_argument("--seed", type=int64, default=0, help="seed of the attacks' random starts")
-    p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json)")
+    p.add_argument("--out", help="results file (default RUN/evals/ATTACK-CHECKPOINT-nN.json; with "
+                   "--weights FILE: FILE's stem.DATASET.ATTACK-nN.json beside it)")
     p.add_argument("--state", help="AutoAttack state file to resume from (default: beside the "
                    "results file, deleted when done)")
     p.add_argument("--no-checks", action="store_true", help="skip the gradient-masking checks")
-    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
+    p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD + "; with --weights: the "
+                   "network to load them into: a spec or a zerograd model name (e.g. small_cnn)")
+    p.add_argument("--weights", metavar="FILE", help="evaluate a model zerograd did not train: its "
+                   "state_dict in .safetensors, or .pt/.pth (a state_dict, or one under "
+                   "'state_dict' or 'model'; loaded as data only); needs --model and --dataset")
+    p.add_argument("--dataset", metavar="NAME", help="with --weights: the dataset to evaluate on "
+                   "(its test split); the factory gets its num_classes and in_channels")
+    p.add_argument("--set", action="append", metavar="model_args.KEY=VALUE",
+                   help="with --weights: an argument of the model's factory, as in training")
+    p.add_argument("--normalize", choices=NORMALIZE, default=None,
+                   help="with --weights: none (default: the network gets pixels in [0, 1] and "
+                   "normalizes itself, like RobustBench models) or dataset (zerograd's Normalize "
+                   "with the dataset's mean/std in front); eps is in pixels either way; a zerograd export or "
+                   "checkpoint brings its own")
+    p.add_argument("--mean", type=finite, nargs="+", metavar="M",
+                   help="with --weights: put Normalize with this per-channel mean in front (with --std)")
+    p.add_argument("--std", type=finite, nargs="+", metavar="S",
+                   help="with --weights: the per-channel std of --mean")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)

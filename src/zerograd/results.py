@@ -52,17 +52,19 @@ def is_result(obj) -> bool:
         isinstance(attacks, list) and all(isinstance(a, str) for a in attacks)))
 
 
-def record(result: dict, facts: dict, cfg, *, device: str, run: str | None) -> dict:
-    """The flat results object: facts about the checkpoint and run, then the result."""
+def record(result: dict, facts: dict, cfg, *, device: str, run: str | None,
+           trained: bool = True) -> dict:
+    """The flat results object: facts about the checkpoint and run, then the result. Weights
+    zerograd did not train (`trained=False`) have no method or training eps: those are null."""
     return {
         "format": RESULTS_FORMAT,
         **facts,
         "run": run,
         "dataset": cfg.dataset,
         "model": cfg.model,
-        "method": cfg.method,
-        "method_args": dict(cfg.method_args),
-        "train_eps": cfg.eps,
+        "method": cfg.method if trained else None,
+        "method_args": dict(cfg.method_args) if trained else None,
+        "train_eps": cfg.eps if trained else None,
         **result,
         "device": device,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -6,6 +6,7 @@
     RUN/eval.json            the end-of-training test evaluation (its presence: the run is done)
     RUN/evals/               one results file per `zerograd eval`
     RUN/export/              `zerograd export`
+    W.<dataset>.<attack>-nN.json   `zerograd eval --weights W.safetensors` (no run folder)
     RUN/tensorboard/         TensorBoard events mirroring metrics.jsonl (optional)
     REPORT/report.md, REPORT/plots/   `zerograd report`
 
@@ -372,6 +373,15 @@ def results_path(ckpt_path: str | Path, label: str, n: int, eps_tag: str = "") -
     if run is not None:
         return run.evals / f"{label}{eps_tag}-{ckpt_path.stem}-n{n}.json"
     return ckpt_path.with_name(f"{ckpt_path.stem}.{label}{eps_tag}-n{n}.json")
+
+
+def external_results_path(weights: str | Path, dataset: str, label: str, n: int, tag: str = "") -> Path:
+    """<weights stem>.<dataset>.<label><tag>-n<N>.json beside a weights file zerograd did not
+    write (`zerograd eval --weights`): never inside a run folder's evals/, whose files are the
+    run's own results."""
+    weights = Path(weights)
+    safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
+    return weights.with_name(f"{weights.stem}.{safe}.{label}{tag}-n{n}.json")
 
 
 def export_folder(ckpt_path: str | Path) -> Path:
