@@ -57,11 +57,13 @@ PLOTS = "plots"
 MAY_DIFFER = ("data_dir", "device")
 # Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
 # 'config_change' event): the method's arguments (as a rollback does), CO detection and
-# diagnostics, the NaN policy and the final evaluation. Not the data, model, schedule, batch or
+# diagnostics, the NaN policy, the final evaluation and how often a resume point is written.
+# Not the data, model, schedule, batch or
 # seed: those would make the rest of the run a different experiment.
 RESUME_CHANGEABLE = ("method_args", "guard", "diagnostics", "nan_policy", "nan_lr_factor",
                      "nan_max_rollbacks", "final_checkpoint", "test_n", "test_pgd_steps",
-                     "test_restarts", "test_alpha", "tensorboard")
+                     "test_restarts", "test_alpha", "tensorboard", "checkpoint_every_steps",
+                     "checkpoint_every_minutes")
 
 
 class RunFolder:
@@ -413,7 +415,7 @@ def resume_config(run_dir: str | Path, preset: str | None = None, overrides=(),
     if fixed:
         raise ConfigError(f"--resume {str(run_dir)!r}: --set cannot change {'; '.join(fixed)[:300]} "
                           "of a half-finished run (only method_args, guard, diagnostics, nan_*, "
-                          "final_checkpoint, test_*, tensorboard)")
+                          "final_checkpoint, test_*, tensorboard, checkpoint_every_*)")
     changed = tuple(k for k in RESUME_CHANGEABLE if getattr(cfg, k) != getattr(given, k))
     if data_dir:
         given = apply(given, {"data_dir": str(data_dir)})
