@@ -7,6 +7,7 @@
     RUN/evals/               one results file per `zerograd eval`
     RUN/export/              `zerograd export`
     RUN/tensorboard/         TensorBoard events mirroring metrics.jsonl (optional)
+    RUN/.lock                while a process writes the run: who (see `RunFolder.lock`)
     REPORT/report.md, REPORT/plots/   `zerograd report`
 
 A run's small files (config.yaml, metrics.jsonl, eval.json, evals/*.json) are all `zerograd
@@ -15,7 +16,10 @@ a repository can hold (`zerograd reproduce --keep`).
 """
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -34,6 +38,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .files import (
+    FileLock,
     atomic_write,
     is_temp_file,
     json_line,
@@ -53,6 +58,7 @@ EXPORT = "export"
 TENSORBOARD = "tensorboard"
 REPORT = "report.md"
 PLOTS = "plots"
+LOCK = ".lock"
 # Keys a resumed run may change: where the data lives and which device runs it.
 MAY_DIFFER = ("data_dir", "device")
 # Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
@@ -71,6 +77,8 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock: FileLock | None = None
+        self._created: list[Path] = []  # folders `lock` made, removed by `unlock` if still empty
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -119,13 +127,58 @@ class RunFolder:
 
     # ------------------------------------------------------------------ writing
 
+    def lock(self) -> None:
+        """Take the folder (made if need be) for this process until `unlock`, before any work:
+        a folder another living process writes is one ConfigError naming it; the lock of a
+        process that died is taken over (FileLock). Only the process that writes the folder
+        takes it (rank 0 of a torchrun); readers (`zerograd eval`, `report`) never do."""
+        path = self.path
+        self._require_folder()
+        self._created = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output folder {str(path)!r}: {e.strerror}") from None
+        lock = FileLock(path / LOCK)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+        try:
+            holder = lock.acquire(me)
+        except OSError as e:
+            self._remove_created()
+            raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror}") from None
+        if holder is not None:
+            self._remove_created()
+            who = (f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+                   if holder else "another process")
+            raise ConfigError(f"run folder {str(path)!r} is in use by {who}; wait for it to end or stop it")
+        self._lock = lock
+
+    def unlock(self) -> None:
+        """Release `lock` (no-op if not held); folders it made that stayed empty are removed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+    def _require_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"output {str(self.path)!r} exists and is not a folder")
+
     def prepare(self, *, force: bool = False, resume: bool = False) -> None:
         """Check that the folder may be written (before any work) and create it. A non-empty
         folder is refused unless resuming or forced."""
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"output {str(path)!r} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not (force or resume):
+        self._require_folder()
+        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not (force or resume):
             raise ConfigError(f"output folder {str(path)!r} is not empty; choose another --out, "
                               "resume it with --resume, or pass --force to overwrite")
         try:
