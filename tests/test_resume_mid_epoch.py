@@ -59,6 +59,13 @@ def test_crash_mid_epoch_resumes_from_the_mid_epoch_point_bitwise(tmp_path, extr
     assert_same_runs(tmp_path, whole, resumed)
 
 
+def test_a_crash_in_the_last_epoch_resumes_its_rest(tmp_path):
+    """The point is in the last epoch: state.epoch == epochs, yet the epoch is unfinished."""
+    whole, point, resumed = crash_and_resume(tmp_path, EVERY3, 2 * STEPS_PER_EPOCH + 5)
+    assert (point["epoch"], point["in_epoch"]["batch"]) == (3, 3)
+    assert_same_runs(tmp_path, whole, resumed)
+
+
 def test_writing_resume_points_changes_nothing_and_off_is_as_before(tmp_path):
     cfg = load_config("quickstart", SETS)
     off = train(cfg, tmp_path / "off", quiet=True)
@@ -135,3 +142,70 @@ def test_bad_values_are_refused():
     for bad in ("checkpoint_every_steps=0", "checkpoint_every_minutes=0", "checkpoint_every_minutes=-1"):
         with pytest.raises(ConfigError, match="must be"):
             load_config("quickstart", [bad])
+
+
+def test_sigkill_mid_epoch_then_cli_resume_is_bitwise_identical(tmp_path):
+    import signal
+
+    from .test_resume import SELF_KILL, _cli
+
+    sets = SETS + EVERY3
+    whole = train(load_config("quickstart", sets), tmp_path / "whole", quiet=True)
+    run = tmp_path / "killed"
+    proc = _cli("-c", SELF_KILL, str(run), str(STEPS_PER_EPOCH + 11), *sets)
+    proc.communicate(timeout=300)
+    assert proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["in_epoch"]["batch"] == 9
+    proc = _cli("-m", "zerograd", "train", "--resume", str(run), "--quiet")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert same_weights(whole.model.state_dict(), load_checkpoint(run / "checkpoints" / "last.pt")["model"])
+    assert comparable(RunFolder(run).read_metrics()) == comparable(RunFolder(tmp_path / "whole").read_metrics())
+    assert eval_without_time(run) == eval_without_time(tmp_path / "whole")
+
+
+DDP_CRASH = """
+import sys
+from zerograd import Hook, load_config, train
+class CrashAt(Hook):
+    def on_step(self, state):
+        if state.step == int(sys.argv[2]):
+            raise SystemExit(3)
+train(load_config("quickstart", sys.argv[3:]), sys.argv[1], quiet=True, callbacks=[CrashAt()])
+"""
+
+
+def test_two_processes_resume_mid_epoch_as_one_process_trains(tmp_path):
+    """torchrun, 2 ranks: the step rule and the minutes rule's broadcast every step (never
+    due here) agree on every rank; a crash at epoch 2 batch 3 resumes from batch 2 and ends
+    where one uninterrupted process ends (to DDP's float tolerance)."""
+    import subprocess
+    import sys
+
+    from .test_distributed import SMALL, SRC, free_port
+
+    sets = SMALL + ["checkpoint_every_steps=2", "checkpoint_every_minutes=1000"]  # 6 steps an epoch
+    one = train(load_config("quickstart", sets), tmp_path / "one", quiet=True)
+    script = tmp_path / "crash.py"
+    script.write_text(DDP_CRASH)
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+
+    def torchrun(*args):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               "--master_addr=127.0.0.1", f"--master_port={free_port()}", *args],
+                              env=env, capture_output=True, text=True, timeout=300, check=False)
+
+    two = tmp_path / "two"
+    proc = torchrun(str(script), str(two), "9", *sets)
+    assert proc.returncode != 0
+    point = load_checkpoint(two / "checkpoints" / "last.pt")
+    assert (point["epoch"], point["step"], point["in_epoch"]["batch"], point["world_size"]) == (2, 8, 2, 2)
+    assert point["in_epoch"]["totals"]["seen"] == 2 * 64  # both ranks' samples
+    proc = torchrun("-m", "zerograd", "train", "--resume", str(two), "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    final = load_checkpoint(two / "checkpoints" / "last.pt")["model"]
+    for k, v in one.model.state_dict().items():
+        assert torch.allclose(final[k], v, rtol=0, atol=1e-6), k
+    curve_one = [m["train/loss"] for m in one.history if "train/loss" in m]
+    curve_two = [m["train/loss"] for m in RunFolder(two).read_metrics() if "train/loss" in m]
+    assert curve_two == pytest.approx(curve_one, rel=1e-5)

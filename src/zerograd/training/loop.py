@@ -86,7 +86,7 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
     says so); returns the Stop that ended training, if any."""
     stop = None
     points = ResumePoints(state)
-    while state.epoch < state.cfg.epochs and not state.done:
+    while (state.epoch < state.cfg.epochs or state.in_epoch is not None) and not state.done:
         totals, first = begin_epoch(state, hooks)
         started, action, refused = time.perf_counter(), None, False
         batches = progress(shards(state, first), state.steps_per_epoch - first, f"epoch {state.epoch}")
