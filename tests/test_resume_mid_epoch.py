@@ -209,3 +209,23 @@ def test_two_processes_resume_mid_epoch_as_one_process_trains(tmp_path):
     curve_one = [m["train/loss"] for m in one.history if "train/loss" in m]
     curve_two = [m["train/loss"] for m in RunFolder(two).read_metrics() if "train/loss" in m]
     assert curve_two == pytest.approx(curve_one, rel=1e-5)
+
+
+class NaNOnce(InjectNaN):
+    """InjectNaN whose 'already injected' survives a resume."""
+
+    def state_dict(self):
+        return {"left": self.left}
+
+    def load_state_dict(self, d):
+        self.left = d["left"]
+
+
+def test_a_crash_right_after_a_mid_epoch_rollback_resumes_from_the_rolled_back_point(tmp_path):
+    """The rollback's own last.pt must say it is inside epoch 2 (batch 6), or a resume would
+    take epoch 2 for finished."""
+    nan_at = STEPS_PER_EPOCH + 7  # refused step 28; back to step 27 (batch 6)
+    whole, point, resumed = crash_and_resume(tmp_path, EVERY3, STEPS_PER_EPOCH + 8,
+                                             callbacks=lambda: [NaNOnce(nan_at), Counter()])
+    assert (point["step"], point["in_epoch"]["batch"], point["nan_rollbacks"]) == (STEPS_PER_EPOCH + 6, 6, 1)
+    assert_same_runs(tmp_path, whole, resumed)
