@@ -71,9 +71,9 @@ class Totals:
         """Sums saved by `state_dict`: rank 0 carries them on, the other ranks start from 0."""
         if not state.par.is_main:
             return cls()
-        def on_device(v):
-            return v.to(state.device) if isinstance(v, torch.Tensor) else float(v)
-        return cls(on_device(d["loss"]), on_device(d["correct"]), int(d["seen"]))
+        loss, correct = (v.to(state.device) if isinstance(v, torch.Tensor) else float(v)
+                         for v in (d["loss"], d["correct"]))
+        return cls(loss, correct, int(d["seen"]))
 
 
 def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
