@@ -201,6 +201,24 @@ def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+HELD = []  # lock files held open for the rest of the session (a run folder "in use")
+
+
+def _locked(tmp: Path, run: Path, p: dict) -> Path:
+    """An unfinished run held by another process: its lock file flocked (by another open
+    file, which conflicts even within this process), naming a process elsewhere."""
+    import fcntl
+    import json
+
+    folder = _copy(p["UNFINISHED"], tmp / "locked")
+    lock = folder / ".lock"
+    lock.write_text(json.dumps({"pid": 4242, "host": "gpu-node-7", "since": "2026-01-01 00:00:00"}))
+    f = open(lock, "rb")  # noqa: SIM115 (held until the session ends)
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD.append(f)
+    return folder
+
+
 def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -253,6 +271,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
+    "LOCKED": _locked,
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,

@@ -76,6 +76,10 @@ class Config:
     # epoch-N.pt (weights + optimizer, ~2x the model: ~90 MB for PreActResNet-18): true keeps
     # every epoch's (the CO guard's rollback needs them), false none, an integer K the last K
     keep_epoch_checkpoints: bool | int = True
+    # a resume point (checkpoints/last.pt) inside an epoch, every N steps and/or M minutes
+    # (null: only at epoch ends), for long epochs a crash should not lose (docs/reliability.md)
+    checkpoint_every_steps: int | None = None
+    checkpoint_every_minutes: float | None = None
     nan_policy: str = "rollback"  # on a non-finite loss/gradient: "rollback" or "stop" (nanguard.py)
     nan_lr_factor: float = 0.5  # a NaN rollback multiplies the learning rate by this
     nan_max_rollbacks: int = 3  # after this many NaN rollbacks the run stops instead
@@ -355,6 +359,10 @@ def validate(cfg: Config) -> Config:
     _require(cfg.keep_epoch_checkpoints is True or cfg.keep_epoch_checkpoints >= 0,
              f"keep_epoch_checkpoints={cfg.keep_epoch_checkpoints} is invalid: must be true, false "
              "or a number of epochs >= 0")
+    _require(cfg.checkpoint_every_steps is None or cfg.checkpoint_every_steps >= 1,
+             f"checkpoint_every_steps={cfg.checkpoint_every_steps} is invalid: must be >= 1 or null (off)")
+    _require(cfg.checkpoint_every_minutes is None or cfg.checkpoint_every_minutes > 0,
+             f"checkpoint_every_minutes={cfg.checkpoint_every_minutes} is invalid: must be > 0 or null (off)")
     _require(cfg.nan_policy in NAN_POLICIES,
              f"nan_policy={cfg.nan_policy!r} is invalid: must be one of {', '.join(NAN_POLICIES)}")
     _require(0 < cfg.nan_lr_factor < 1, f"nan_lr_factor={cfg.nan_lr_factor} is invalid: must be in (0, 1)")

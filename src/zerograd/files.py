@@ -1,6 +1,6 @@
 """Files that survive a crash: atomic writes (temp file, fsync, rename) with the umask's
-permissions, JSON and JSON-lines with one rule for a torn line, bounded YAML (no aliases), and
-SHA-256 of a file's bytes."""
+permissions, JSON and JSON-lines with one rule for a torn line, bounded YAML (no aliases),
+SHA-256 of a file's bytes, and a lock file a dead process cannot leave held."""
 from __future__ import annotations
 
 import hashlib
@@ -14,6 +14,11 @@ from pathlib import Path
 import yaml
 
 from .errors import ConfigError, StorageError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, so nothing is locked there (docs/reliability.md)
+    fcntl = None
 
 YAML_MAX_BYTES = 1 << 20  # configs and presets are a few hundred bytes
 
@@ -144,3 +149,58 @@ def read_yaml(path: str | Path, what: str):
 def dump_yaml(data: dict) -> str:
     """YAML text of plain data, in key order, never with anchors or aliases."""
     return yaml.dump(data, Dumper=_NoAliasDumper, sort_keys=False)
+
+
+class FileLock:
+    """An exclusive lock of this process on `path`, from `acquire` to `release`. It is a
+    flock, which the kernel drops when the process dies however it dies, so the lock file of
+    a killed run is simply taken over by the next process; the file's content (who holds it)
+    is only for the message of the process refused. Without fcntl (Windows) it locks nothing."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self, holder: dict) -> dict | None:
+        """None once this process holds the lock (`holder` written into the file); else the
+        holding process's record as read from the file ({} if it has not written it yet).
+        OSError when the file cannot be created."""
+        if fcntl is None or self.fd is not None:
+            return None
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                held = _read_lock_record(fd)
+                os.close(fd)
+                return held
+            try:  # its previous holder may have removed the file between our open and flock
+                current = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                current = False
+            if current:
+                break
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps(holder).encode())
+        self.fd = fd
+        return None
+
+    def release(self) -> None:
+        """Remove the file, then drop the lock (in that order: a process that opened the file
+        meanwhile finds it gone after its flock and locks a new one)."""
+        if self.fd is None:
+            return
+        with suppress(OSError):
+            self.path.unlink()
+        os.close(self.fd)
+        self.fd = None
+
+
+def _read_lock_record(fd: int) -> dict:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0).decode())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}

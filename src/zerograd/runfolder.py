@@ -8,6 +8,7 @@
     RUN/export/              `zerograd export`
     W.<dataset>.<attack>-nN.json   `zerograd eval --weights W.safetensors` (no run folder)
     RUN/tensorboard/         TensorBoard events mirroring metrics.jsonl (optional)
+    RUN/.lock                while a process writes the run: who (see `RunFolder.lock`)
     REPORT/report.md, REPORT/plots/   `zerograd report`
 
 A run's small files (config.yaml, metrics.jsonl, eval.json, evals/*.json) are all `zerograd
@@ -16,7 +17,10 @@ a repository can hold (`zerograd reproduce --keep`).
 """
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -35,6 +39,7 @@ from .config import (
 )
 from .errors import ConfigError
 from .files import (
+    FileLock,
     atomic_write,
     is_temp_file,
     json_line,
@@ -54,15 +59,18 @@ EXPORT = "export"
 TENSORBOARD = "tensorboard"
 REPORT = "report.md"
 PLOTS = "plots"
+LOCK = ".lock"
 # Keys a resumed run may change: where the data lives and which device runs it.
 MAY_DIFFER = ("data_dir", "device")
 # Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
 # 'config_change' event): the method's arguments (as a rollback does), CO detection and
-# diagnostics, the NaN policy and the final evaluation. Not the data, model, schedule, batch or
+# diagnostics, the NaN policy, the final evaluation and how often a resume point is written.
+# Not the data, model, schedule, batch or
 # seed: those would make the rest of the run a different experiment.
 RESUME_CHANGEABLE = ("method_args", "guard", "diagnostics", "nan_policy", "nan_lr_factor",
                      "nan_max_rollbacks", "final_checkpoint", "test_n", "test_pgd_steps",
-                     "test_restarts", "test_alpha", "tensorboard")
+                     "test_restarts", "test_alpha", "tensorboard", "checkpoint_every_steps",
+                     "checkpoint_every_minutes")
 
 
 class RunFolder:
@@ -70,6 +78,8 @@ class RunFolder:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._lock: FileLock | None = None
+        self._created: list[Path] = []  # folders `lock` made, removed by `unlock` if still empty
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -118,13 +128,58 @@ class RunFolder:
 
     # ------------------------------------------------------------------ writing
 
+    def lock(self) -> None:
+        """Take the folder (made if need be) for this process until `unlock`, before any work:
+        a folder another living process writes is one ConfigError naming it; the lock of a
+        process that died is taken over (FileLock). Only the process that writes the folder
+        takes it (rank 0 of a torchrun); readers (`zerograd eval`, `report`) never do."""
+        path = self.path
+        self._require_folder()
+        self._created = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create output folder {str(path)!r}: {e.strerror}") from None
+        lock = FileLock(path / LOCK)
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "since": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())}
+        try:
+            holder = lock.acquire(me)
+        except OSError as e:
+            self._remove_created()
+            raise ConfigError(f"output folder {str(path)!r} is not writable: {e.strerror}") from None
+        if holder is not None:
+            self._remove_created()
+            who = (f"process {holder.get('pid')} on {holder.get('host')} (since {holder.get('since')})"
+                   if holder else "another process")
+            raise ConfigError(f"run folder {str(path)!r} is in use by {who}; wait for it to end or stop it")
+        self._lock = lock
+
+    def unlock(self) -> None:
+        """Release `lock` (no-op if not held); folders it made that stayed empty are removed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+            self._remove_created()
+
+    def _remove_created(self) -> None:
+        for folder in self._created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self._created = []
+
+    def _require_folder(self) -> None:
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"output {str(self.path)!r} exists and is not a folder")
+
     def prepare(self, *, force: bool = False, resume: bool = False) -> None:
         """Check that the folder may be written (before any work) and create it. A non-empty
         folder is refused unless resuming or forced."""
         path = self.path
-        if path.exists() and not path.is_dir():
-            raise ConfigError(f"output {str(path)!r} exists and is not a folder")
-        if path.is_dir() and any(path.iterdir()) and not (force or resume):
+        self._require_folder()
+        if path.is_dir() and any(p.name != LOCK for p in path.iterdir()) and not (force or resume):
             raise ConfigError(f"output folder {str(path)!r} is not empty; choose another --out, "
                               "resume it with --resume, or pass --force to overwrite")
         try:
@@ -423,7 +478,7 @@ def resume_config(run_dir: str | Path, preset: str | None = None, overrides=(),
     if fixed:
         raise ConfigError(f"--resume {str(run_dir)!r}: --set cannot change {'; '.join(fixed)[:300]} "
                           "of a half-finished run (only method_args, guard, diagnostics, nan_*, "
-                          "final_checkpoint, test_*, tensorboard)")
+                          "final_checkpoint, test_*, tensorboard, checkpoint_every_*)")
     changed = tuple(k for k in RESUME_CHANGEABLE if getattr(cfg, k) != getattr(given, k))
     if data_dir:
         given = apply(given, {"data_dir": str(data_dir)})

@@ -87,6 +87,20 @@ def train(cfg: Config, out: str | Path | None = None, *, callbacks=(), quiet: bo
     check_available(cfg.dataset, cfg.data_dir)
     quiet = quiet or not par.is_main
     run = RunFolder(out) if out is not None else None
+    if run is not None and (run.path.is_dir() or not resume):  # a missing folder: resume_point says so
+        par.on_main(run.lock)  # one line if another process writes this folder
+    try:
+        return _train(cfg, user, par, run, callbacks=callbacks, quiet=quiet, force=force, resume=resume,
+                      changed=changed)
+    finally:
+        if run is not None:
+            run.unlock()  # on return and on any exception
+
+
+def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, callbacks, quiet: bool,
+           force: bool, resume: bool, changed: tuple[str, ...]) -> Run:
+    """`train` with the run folder held: the rest of the checks, then the work."""
+    device = par.device
     point = resume_point(run, cfg, changed) if resume else None
     if point is not None:
         check_resume(point, cfg, par.world_size)

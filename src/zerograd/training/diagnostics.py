@@ -29,7 +29,7 @@ def weight_update(before: dict[str, Tensor], after: dict[str, Tensor]) -> dict[s
     tensor of a layer (conv and linear kernels, 'diag/weight_mse/<name>'), as in Fig. 1."""
     out, total, count = {}, 0.0, 0
     for name, a in after.items():
-        sq = (a.detach().float() - before[name].float()).pow(2)
+        sq = (a.detach().float() - before[name].to(a.device).float()).pow(2)
         total += sq.sum().item()
         count += sq.numel()
         if a.dim() > 1:
@@ -79,6 +79,12 @@ class WeightUpdate(Hook):
         after = {k: p for k, p in state.model.named_parameters() if k in self.before}
         return weight_update(self.before, after)
 
+    def epoch_state_dict(self) -> dict:
+        return {"before": self.before}
+
+    def load_epoch_state_dict(self, d: dict) -> None:
+        self.before = dict(d["before"])
+
 
 class PerturbationNorms(Hook):
     """The epoch's training perturbations, averaged over its images: 'diag/delta_mean_abs_x255'
@@ -100,12 +106,19 @@ class PerturbationNorms(Hook):
     def on_epoch(self, state) -> dict:
         return {f"diag/delta_{k}": float(v) / max(self.n, 1) for k, v in self.sums.items()}
 
+    def epoch_state_dict(self) -> dict:
+        return {"sums": self.sums, "n": self.n}
+
+    def load_epoch_state_dict(self, d: dict) -> None:
+        self.sums, self.n = dict(d["sums"]), int(d["n"])
+
 
 class Probe(Hook):
     """The probe measures on a fixed batch of training images (no augmentation), with the
     model in training mode as the training attack sees it. Perturbation change ('delta_mse',
     in (1/255)^2 units) compares each probe with the previous one at the same cadence
-    (epoch ends, or every k steps); a rollback starts the comparison afresh."""
+    (epoch ends, or every k steps); a rollback starts the comparison afresh. The previous
+    probes are its checkpointed state, so a resumed run compares as an uninterrupted one."""
 
     acts_on = ()
 
@@ -116,13 +129,25 @@ class Probe(Hook):
         self.rollbacks = 0
 
     def on_epoch_start(self, state) -> None:
+        if state.rollbacks != self.rollbacks:
+            self.rollbacks, self.prev = state.rollbacks, {}
+
+    def state_dict(self) -> dict:
+        return {"prev": self.prev, "rollbacks": self.rollbacks}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.prev = {c: dict(v) for c, v in d["prev"].items()}
+        self.rollbacks = int(d["rollbacks"])
+
+    def images(self, state) -> tuple[Tensor, Tensor]:
+        """The fixed probe batch, drawn once from the seed (also after a mid-epoch resume,
+        where no EPOCH_START comes first)."""
         if self.x is None:
             g = torch.Generator().manual_seed(state.cfg.seed)
             n = min(self.opt.probe, len(state.data.train))
             idx = torch.randperm(len(state.data.train), generator=g)[:n].to(state.data.train.x.device)
             self.x, self.y = to_float(state.data.train.x[idx]), state.data.train.y[idx]
-        if state.rollbacks != self.rollbacks:
-            self.rollbacks, self.prev = state.rollbacks, {}
+        return self.x, self.y
 
     def on_step(self, state) -> dict | None:
         if self.opt.every and state.step % self.opt.every == 0:
@@ -133,7 +158,7 @@ class Probe(Hook):
         return self.measure(state, "epoch")
 
     def measure(self, state, cadence: str) -> dict:
-        cfg, model, x, y, eps = state.cfg, state.model, self.x, self.y, state.cfg.eps
+        (x, y), cfg, model, eps = self.images(state), state.cfg, state.model, state.cfg.eps
         was_training = model.training
         model.train()
         with isolated(model, state.device, cfg.seed):
@@ -153,7 +178,7 @@ class Probe(Hook):
         prev = self.prev.get(cadence)
         if prev is not None:
             for k, d in deltas.items():
-                out[f"diag/delta_mse{k}"] = ((d - prev[k]) * 255).pow(2).mean().item()
+                out[f"diag/delta_mse{k}"] = ((d - prev[k].to(d.device)) * 255).pow(2).mean().item()
         self.prev[cadence] = deltas
         return out
 

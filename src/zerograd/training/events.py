@@ -59,7 +59,8 @@ class Hook:
     """Base class of everything the loop calls at its events. Override the events you need;
     `acts_on` names the events at which the hook may return an action (so that, with several
     processes, the loop agrees on actions only where there can be one); `state_dict` /
-    `load_state_dict` carry the hook's own state through checkpoints."""
+    `load_state_dict` carry the hook's own state through checkpoints, `epoch_state_dict` /
+    `load_epoch_state_dict` its state within an epoch through mid-epoch checkpoints."""
 
     acts_on: tuple[str, ...] = (AFTER_BACKWARD, STEP_END, EPOCH_END)
 
@@ -80,6 +81,15 @@ class Hook:
         return None
 
     def load_state_dict(self, state: dict) -> None:
+        return None
+
+    def epoch_state_dict(self) -> dict | None:
+        """State that lives within one epoch (made by on_epoch_start, grown by on_step, read by
+        on_epoch), saved only in mid-epoch checkpoints: a run resumed there does not fire
+        EPOCH_START again, so this is how its epoch ends as an uninterrupted one's."""
+        return None
+
+    def load_epoch_state_dict(self, state: dict) -> None:
         return None
 
 
@@ -119,17 +129,30 @@ class Hooks:
     def state_dict(self) -> dict:
         """{key: hook state} for the hooks that have one; the key is the class name (#2, #3 ...
         for repeats), as stored in checkpoints."""
+        return self._collect("state_dict")
+
+    def load_state_dict(self, states: dict) -> None:
+        self._spread("load_state_dict", states)
+
+    def epoch_state_dict(self) -> dict:
+        """{key: in-epoch state} (Hook.epoch_state_dict), keyed as `state_dict`."""
+        return self._collect("epoch_state_dict")
+
+    def load_epoch_state_dict(self, states: dict) -> None:
+        self._spread("load_epoch_state_dict", states)
+
+    def _collect(self, method: str) -> dict:
         out = {}
         for key, hook in zip(self._keys(), self.hooks):
-            state = hook.state_dict()
+            state = getattr(hook, method)()
             if state is not None:
                 out[key] = state
         return out
 
-    def load_state_dict(self, states: dict) -> None:
+    def _spread(self, method: str, states: dict) -> None:
         for key, hook in zip(self._keys(), self.hooks):
             if key in states:
-                hook.load_state_dict(states[key])
+                getattr(hook, method)(states[key])
 
     def _keys(self) -> list[str]:
         keys, seen = [], {}

@@ -19,6 +19,8 @@ from .objective import Objective
 from .state import TrainState
 from .validation import validation_metrics
 
+# the clock of checkpoint_every_minutes (a seam: tests replace it instead of sleeping)
+clock = time.monotonic
 # which counter a rollback raises, by its event name
 COUNTERS = {"rollback": "rollbacks", "nonfinite": "nan_rollbacks"}
 
@@ -58,6 +60,21 @@ class Totals:
         loss, correct, seen = state.par.sum(self.loss, self.correct, self.seen)
         return {"train/loss": float(loss) / max(seen, 1), "train/acc": float(correct) / max(seen, 1)}
 
+    def state_dict(self, state: TrainState) -> dict:
+        """The sums so far over all processes (for a mid-epoch checkpoint; one collective with
+        several, none with one, where the tensors are kept bitwise)."""
+        loss, correct, seen = state.par.sum(self.loss, self.correct, self.seen)
+        return {"loss": loss, "correct": correct, "seen": int(seen)}
+
+    @classmethod
+    def load(cls, d: dict, state: TrainState) -> Totals:
+        """Sums saved by `state_dict`: rank 0 carries them on, the other ranks start from 0."""
+        if not state.par.is_main:
+            return cls()
+        loss, correct = (v.to(state.device) if isinstance(v, torch.Tensor) else float(v)
+                         for v in (d["loss"], d["correct"]))
+        return cls(loss, correct, int(d["seen"]))
+
 
 def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
     return iterable
@@ -65,14 +82,15 @@ def no_progress(iterable: Iterable, total: int, desc: str) -> Iterable:
 
 def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
         progress: Callable[[Iterable, int, str], Iterable] = no_progress) -> Stop | None:
-    """Train from state.epoch to cfg.epochs; returns the Stop that ended training, if any."""
+    """Train from state.epoch to cfg.epochs (from the middle of an epoch when state.in_epoch
+    says so); returns the Stop that ended training, if any."""
     stop = None
-    while state.epoch < state.cfg.epochs and not state.done:
-        state.epoch += 1
-        state.model.train()
-        hooks.fire(EPOCH_START, state)
-        started, totals, action, refused = time.perf_counter(), Totals(), None, False
-        for shard in progress(shards(state), state.steps_per_epoch, f"epoch {state.epoch}"):
+    points = ResumePoints(state)
+    while (state.epoch < state.cfg.epochs or state.in_epoch is not None) and not state.done:
+        totals, first = begin_epoch(state, hooks)
+        started, action, refused = time.perf_counter(), None, False
+        batches = progress(shards(state, first), state.steps_per_epoch - first, f"epoch {state.epoch}")
+        for number, shard in enumerate(batches, first + 1):
             state.set_lr()
             state.batch, action = objective.step(shard, after_backward=partial(check_update, state, hooks),
                                                  step=state.step)
@@ -81,6 +99,7 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
                 break
             state.step += 1
             totals.add(state.batch)
+            state.checkpoint_due = points.due(number)
             fired = hooks.fire(STEP_END, state)
             if fired.metrics:
                 history.emit({"epoch": state.epoch, "step": state.step, **fired.metrics})
@@ -88,9 +107,12 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
                 # a Stop for non-finite weights: this epoch is neither recorded nor saved
                 refused = isinstance(action, Stop) and action.event == "nonfinite"
                 break
-        state.batch = None
+            if state.checkpoint_due:
+                points.save(number, totals, hooks, history)
+        state.batch, state.checkpoint_due = None, False
         if isinstance(action, Rollback):
             roll_back(state, action, objective, hooks, history)
+            points.saved()
             continue
         if isinstance(action, Stop):
             stop = announce(state, action, history)
@@ -106,9 +128,60 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
         if isinstance(fired.action, Stop) and stop is None:
             stop = announce(state, fired.action, history)
         save_epoch(state, metrics.get("val/pgd_acc", -1.0), hooks, history)
+        points.saved()
         if isinstance(fired.action, Rollback) and stop is None:
             roll_back(state, fired.action, objective, hooks, history)
     return stop
+
+
+def begin_epoch(state: TrainState, hooks: Hooks) -> tuple[Totals, int]:
+    """(the epoch's running sums, the batch to start at): a new epoch, announced with
+    EPOCH_START; or, after resuming or rolling back to a mid-epoch checkpoint, the rest of
+    that epoch, with its sums and the hooks' in-epoch states restored and no EPOCH_START."""
+    state.model.train()
+    part, state.in_epoch = state.in_epoch, None
+    if part is None:
+        state.epoch += 1
+        hooks.fire(EPOCH_START, state)
+        return Totals(), 0
+    hooks.load_epoch_state_dict(part["callbacks"])
+    return Totals.load(part["totals"], state), part["batch"]
+
+
+class ResumePoints:
+    """Mid-epoch resume points (checkpoints/last.pt): every `checkpoint_every_steps` steps
+    (of the whole run, so a resumed run writes them at the same steps) and/or every
+    `checkpoint_every_minutes` minutes since the last checkpoint. Minutes are read on rank 0
+    and its answer broadcast (one collective per step, only when minutes are set), so every
+    rank decides alike. Writing one changes nothing in the run: no RNG is drawn."""
+
+    def __init__(self, state: TrainState):
+        self.state = state
+        self.steps = state.cfg.checkpoint_every_steps
+        self.seconds = None if state.cfg.checkpoint_every_minutes is None else 60 * state.cfg.checkpoint_every_minutes
+        self.since = clock()
+
+    def due(self, number: int) -> bool:
+        """Whether a resume point follows batch `number` (1-based) of the epoch; never after
+        its last batch, whose epoch-end checkpoint comes anyway."""
+        state = self.state
+        if number >= state.steps_per_epoch:
+            return False
+        if self.steps is not None and state.step % self.steps == 0:
+            return True
+        if self.seconds is None:
+            return False
+        return bool(state.par.from_main(clock() - self.since >= self.seconds))
+
+    def save(self, number: int, totals: Totals, hooks: Hooks, history: History) -> None:
+        state = self.state
+        part = {"batch": number, "totals": totals.state_dict(state), "callbacks": hooks.epoch_state_dict()}
+        state.checkpoints.save("last", state.checkpoint(hooks.state_dict(), len(history), part))
+        self.saved()
+
+    def saved(self) -> None:
+        """A checkpoint was just written: the minutes count from here."""
+        self.since = clock()
 
 
 def check_update(state: TrainState, hooks: Hooks, batch) -> Rollback | Stop | None:
@@ -117,10 +190,10 @@ def check_update(state: TrainState, hooks: Hooks, batch) -> Rollback | Stop | No
     return hooks.fire(AFTER_BACKWARD, state).action
 
 
-def shards(state: TrainState) -> Iterator:
-    """This process's part of each global batch of the epoch (order and augmentation depend
-    only on seed and epoch)."""
-    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True,
+def shards(state: TrainState, start: int = 0) -> Iterator:
+    """This process's part of each global batch of the epoch from batch `start` on (order and
+    augmentation depend only on seed and epoch; the skipped batches' draws are made)."""
+    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True, start=start,
                         generator=epoch_generator(state.cfg.seed, state.epoch), **augmentation(state.cfg)):
         shard = state.par.split(x, y)
         if shard is not None:
@@ -154,7 +227,8 @@ def save_epoch(state: TrainState, score: float, hooks: Hooks, history: History) 
 def roll_back(state: TrainState, action: Rollback, objective: Objective, hooks: Hooks,
               history: History) -> None:
     """The one place a rollback happens (CO or a non-finite step): reload the checkpoint of
-    `action.epoch` (None: the last resume point), apply the new method arguments and learning
+    `action.epoch` (None: the last resume point, which may be inside an epoch: then the loop
+    goes on from there, as a resumed run would), apply the new method arguments and learning
     rate factor, log it, and save the new resume point."""
     state.par.barrier()  # rank 0 has written the checkpoint the others read
     epoch, step = state.epoch, state.step
@@ -171,4 +245,4 @@ def roll_back(state: TrainState, action: Rollback, objective: Objective, hooks: 
                   **action.info, "to_epoch": state.epoch, "to_step": state.step,
                   "method_args": dict(state.cfg.method_args), "lr_scale": state.lr_scale,
                   counter: getattr(state, counter)})
-    state.checkpoints.save("last", state.checkpoint(hooks.state_dict(), len(history)))
+    state.checkpoints.save("last", state.checkpoint(hooks.state_dict(), len(history), state.in_epoch))

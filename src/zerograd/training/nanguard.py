@@ -2,8 +2,8 @@
 such step poisons every weight, and non-finite weights (an update too large, e.g. lr_max=1e30)
 must never be trained on, saved or evaluated. A hook on the loop's AFTER_BACKWARD event checks
 the loss, the gradients and the weights the previous update made, in one device sync, before
-each update; at the epoch's last STEP_END it checks the weights of the last update (before
-they are validated or saved). By `cfg.nan_policy`, rolls back to the last resume point with the learning rate
+each update; at the epoch's last STEP_END (and at one a mid-epoch checkpoint follows) it checks
+the weights of the last update (before they are validated or saved). By `cfg.nan_policy`, rolls back to the last resume point with the learning rate
 times `cfg.nan_lr_factor` ("rollback", at most `cfg.nan_max_rollbacks` times) or stops keeping
 the best checkpoint ("stop")."""
 from __future__ import annotations
@@ -55,8 +55,9 @@ class NanGuard(Hook):
         return self._act(state, nonfinite(state.batch.loss, state.model, grads=self.check_gradients))
 
     def on_step(self, state):
-        """After the epoch's last update: its weights, before validation and checkpoints."""
-        if state.steps_per_epoch and state.step % state.steps_per_epoch == 0:
+        """After the epoch's last update, or one a mid-epoch checkpoint follows: its weights,
+        before they are validated or saved."""
+        if state.checkpoint_due or (state.steps_per_epoch and state.step % state.steps_per_epoch == 0):
             return self._act(state, nonfinite(None, state.model, grads=False))
         return None
 

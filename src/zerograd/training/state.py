@@ -18,7 +18,7 @@ from ..runfolder import METRICS as METRICS_NAME
 from ..runtime import rng_state, set_rng_state
 from .distributed import Parallel
 
-FORMAT = "zerograd-checkpoint-2"  # 2: with RNG, schedule, hook and log state
+FORMAT = "zerograd-checkpoint-2"  # 2: with RNG, schedule, hook and log state (+ `in_epoch`, optional)
 
 
 @dataclass
@@ -56,6 +56,8 @@ class TrainState:
     best: float = -1.0  # best validation PGD accuracy so far
     done: bool = False  # training ended (a Stop); a resumed run goes straight to evaluation
     batch: Batch | None = None  # during AFTER_BACKWARD and STEP_END
+    checkpoint_due: bool = False  # during STEP_END: a checkpoint follows (the NaN guard checks its weights)
+    in_epoch: dict | None = None  # a partial epoch to continue (a mid-epoch checkpoint's `in_epoch`)
     metrics: dict = field(default_factory=dict)  # the epoch's metrics, during EPOCH_END
 
     @property
@@ -69,9 +71,13 @@ class TrainState:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def checkpoint(self, hooks: dict, records: int) -> dict:
+    def checkpoint(self, hooks: dict, records: int, in_epoch: dict | None = None) -> dict:
         """All a run needs to continue exactly from here; `records` is how many metrics.jsonl
-        lines precede this point."""
+        lines precede this point. `in_epoch`, only in a checkpoint written inside an epoch:
+        the next batch of the epoch (`batch`), the epoch's running training sums (`totals`) and
+        the hooks' in-epoch states (`callbacks`); an epoch-end checkpoint has no such key, so
+        it is what it was before mid-epoch checkpoints existed."""
+        extra = {} if in_epoch is None else {"in_epoch": in_epoch}
         return {
             "format": FORMAT,
             "model": self.model.state_dict(),
@@ -90,10 +96,12 @@ class TrainState:
             "records": records,
             "done": self.done,
             "world_size": self.par.world_size,
+            **extra,
         }
 
     def load_weights(self, ckpt: dict, source) -> None:
-        """A checkpoint's model, optimizer, epoch and step (what rolling back restores)."""
+        """A checkpoint's model, optimizer, epoch and step, and the partial epoch it was
+        written in, if any (what rolling back restores)."""
         for key in ("model", "optimizer", "epoch", "step"):
             if key not in ckpt:
                 raise ConfigError(f"checkpoint {str(source)!r} is not a zerograd training checkpoint "
@@ -105,6 +113,7 @@ class TrainState:
             raise ConfigError(f"checkpoint {str(source)!r} has an optimizer state that does not fit "
                               f"this model ({str(e).strip()[:160]})") from None
         self.epoch, self.step = int(ckpt["epoch"]), int(ckpt["step"])
+        self.in_epoch = read_in_epoch(ckpt, source, self.steps_per_epoch)
 
     def resume(self, ckpt: dict, source, changed: tuple[str, ...] = ()) -> dict:
         """Everything needed to continue exactly where `ckpt` was written; returns the hooks'
@@ -124,6 +133,24 @@ class TrainState:
         """The first n validation images."""
         val = self.data.val
         return Split(val.x[:n], val.y[:n])
+
+
+def read_in_epoch(ckpt: dict, source, steps_per_epoch: int) -> dict | None:
+    """A checkpoint's partial epoch (None at an epoch's end, and in files written before
+    mid-epoch checkpoints existed), checked: batch in 1..steps_per_epoch - 1, totals, hook states."""
+    part = ckpt.get("in_epoch")
+    if part is None:
+        return None
+    try:
+        batch, totals, hooks = part["batch"], part["totals"], part["callbacks"]
+        ok = (isinstance(batch, int) and not isinstance(batch, bool) and 0 < batch < max(steps_per_epoch, 2)
+              and isinstance(hooks, dict) and {"loss", "correct", "seen"} <= set(totals))
+    except (TypeError, KeyError):
+        ok = False
+    if not ok:
+        raise ConfigError(f"checkpoint {str(source)!r} has an unreadable in_epoch entry (a mid-epoch resume "
+                          f"point of another batch size or program); resume from another checkpoint")
+    return part
 
 
 def resume_point(run: RunFolder, cfg: Config, changed: tuple[str, ...] = ()) -> dict | None:
