@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from zerograd.checkpoint import save_checkpoint
+from zerograd.checkpoint import load_checkpoint, save_checkpoint
 from zerograd.cli import main
 from zerograd.config import load_config, to_yaml
 from zerograd.data import DATASETS
@@ -84,3 +84,30 @@ def test_bad_exports_are_refused(tmp_path):
     (out / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match="model.safetensors is missing"):
         load_exported(out)
+
+
+def test_a_failed_export_keeps_the_previous_weights_whole(tmp_path, monkeypatch):
+    """--force over an export whose write fails (full disk) leaves the old model.safetensors
+    loadable and no temp file behind."""
+    import errno
+    import os
+
+    from zerograd.errors import StorageError
+
+    run = fake_run(tmp_path, width=4)
+    out = export_model(run)
+    before = (out / "model.safetensors").read_bytes()
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # new weights to export
+    ckpt["model"] = {k: v * 2 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(run / "checkpoints" / "last.pt", ckpt)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StorageError, match="previous version is intact"):
+        export_model(run, force=True)
+    monkeypatch.undo()
+    assert (out / "model.safetensors").read_bytes() == before
+    assert load_file(str(out / "model.safetensors")).keys()
+    assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .config import normalization
 from .data import DATASETS
 from .errors import ConfigError
-from .files import write_json
+from .files import atomic_write, write_json
 from .models import build_model, is_user_model, needs_user_model, user_model
 from .runfolder import checkpoint_facts, export_folder, load_checkpoint_model
 from .runtime import environment
@@ -67,7 +67,8 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False, mo
         **environment(),
     }
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out / WEIGHTS), metadata={"format": "pt"})
+    # in memory, then the one atomic write: a crash never leaves a half-written weights file
+    atomic_write(out / WEIGHTS, save(weights, metadata={"format": "pt"}))
     write_json(out / META, meta)
     return out
 
