@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .accuracy import evaluate, evaluate_autoattack, evaluate_fgsm
 from .autoattack import resolve_plan
-from .config import MAX_SEED, parse_number
+from .config import MAX_SEED, data_options, parse_number
 from .data import check_available, load_data
 from .errors import ConfigError
 from .files import write_json
@@ -92,8 +92,7 @@ def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=Non
     steps = cfg.test_pgd_steps if steps is None else steps
     restarts = cfg.test_restarts if restarts is None else restarts
     check_available(cfg.dataset, cfg.data_dir)
-    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, test_subset=n,
-                     device=dev, seed=cfg.seed)
+    data = load_data(cfg.dataset, **data_options(cfg, dev, train_subset=None, test_subset=n, stream=True))
     planned = {"name": attack, "eps": eps_value, "steps": steps, "restarts": restarts,
                "version": version, "attacks": attacks}
     eps_tag = "" if eps_value == cfg.eps else f"-eps{eps_value:.4g}"
