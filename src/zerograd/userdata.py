@@ -371,8 +371,7 @@ def _inspect_arrays(path: Path) -> tuple[UserData, dict, str]:
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ConfigError(f"cannot read {path} as a .npz of arrays: {_one_line(e)}") from None
     splits = ["train", "test"] + (["val"] if "x_val" in keys or "y_val" in keys else [])
-    layout = _layout(headers["x_train"][0], path, "x_train")
-    shape = None
+    layout = shape = None
     for split in splits:
         for key in (f"x_{split}", f"y_{split}"):
             if key not in keys:
@@ -383,8 +382,10 @@ def _inspect_arrays(path: Path) -> tuple[UserData, dict, str]:
         if y.dtype.kind not in "iu" or y.ndim != 1:
             raise ConfigError(f"{path}: y_{split} has dtype {y.dtype} and shape {y.shape}; "
                               "expected a 1-D array of integers")
-        if _layout(xs, path, f"x_{split}") != layout:
-            raise ConfigError(f"{path}: x_{split} is {_layout(xs, path, f'x_{split}')} but x_train is {layout}")
+        found = _layout(xs, path, f"x_{split}")
+        if layout is not None and found != layout:
+            raise ConfigError(f"{path}: x_{split} is {found} but x_train is {layout}")
+        layout = found
         chw = xs[1:] if layout == "NCHW" else (xs[3], xs[1], xs[2])
         if shape is not None and chw != shape:
             raise ConfigError(f"{path}: x_{split} images are {chw} (C, H, W) but x_train's are {shape}")
