@@ -368,6 +368,8 @@ def _inspect_arrays(path: Path) -> tuple[UserData, dict, str]:
             headers = {k: _npy_header(z, k) for k in keys}
         with np.load(path, allow_pickle=False) as npz:
             labels = {k: npz[k] for k in keys if k.startswith("y_") or k == "num_classes"}
+    except ConfigError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise ConfigError(f"cannot read {path} as a .npz of arrays: {_one_line(e)}") from None
     splits = ["train", "test"] + (["val"] if "x_val" in keys or "y_val" in keys else [])
