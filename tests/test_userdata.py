@@ -278,3 +278,26 @@ def test_bad_data_is_one_line_before_any_work(tmp_path, case):
             "quickstart", [f"dataset={dataset}"]), out, quiet=True)
     assert "\n" not in str(e.value)
     assert not out.exists()
+
+
+def test_a_streamed_run_resumes_bitwise_with_other_loader_settings(tmp_path):
+    from zerograd.cli import main
+    from zerograd.runfolder import RunFolder
+
+    from .conftest import Crash, CrashAt
+
+    root = make_folder(tmp_path / "imgs", n=40)
+    cfg = config(f"folder:{root}", "stream=true", "loader_workers=1", "epochs=3")
+    train(cfg, tmp_path / "whole", quiet=True)
+    with pytest.raises(Crash):
+        train(cfg, tmp_path / "cut", quiet=True, callbacks=[CrashAt(5)])  # in epoch 2 of 3 steps
+    assert RunFolder(tmp_path / "cut").read_config().mean == cfg_mean(tmp_path / "whole")
+    assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet", "--set", "loader_workers=0",
+                 "--set", "stream=false"]) == 0
+    assert records(tmp_path / "cut") == records(tmp_path / "whole")
+    a, b = weights(tmp_path / "cut"), weights(tmp_path / "whole")
+    assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def cfg_mean(run: Path) -> list:
+    return read_yaml(run / "config.yaml", "config")["mean"]

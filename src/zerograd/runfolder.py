@@ -54,7 +54,7 @@ TENSORBOARD = "tensorboard"
 REPORT = "report.md"
 PLOTS = "plots"
 # Keys a resumed run may change: where the data lives and which device runs it.
-MAY_DIFFER = ("data_dir", "device")
+MAY_DIFFER = ("data_dir", "device", "stream", "data_budget", "loader_workers")  # results are equal either way
 # Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
 # 'config_change' event): the method's arguments (as a rollback does), CO detection and
 # diagnostics, the NaN policy and the final evaluation. Not the data, model, schedule, batch or
