@@ -301,3 +301,18 @@ def test_a_streamed_run_resumes_bitwise_with_other_loader_settings(tmp_path):
 
 def cfg_mean(run: Path) -> list:
     return read_yaml(run / "config.yaml", "config")["mean"]
+
+
+def test_two_processes_streaming_their_shards_match_two_in_memory(tmp_path):
+    from tests.test_distributed import SMALL, torchrun
+
+    root = make_folder(tmp_path / "imgs", n=64, classes=3)
+    keys = [*SMALL[:3], "val_size=16", "test_n=12", "test_restarts=1", "test_pgd_steps=2",
+            f"dataset=folder:{root}", "batch_size=15", "crop=resized"]
+    for name, extra in (("memory", ["stream=false"]), ("streamed", ["stream=true", "loader_workers=1"])):
+        sets = [a for s in keys + extra for a in ("--set", s)]
+        proc = torchrun(["train", "--preset", "quickstart", *sets, "--out", str(tmp_path / name), "--quiet"])
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert records(tmp_path / "streamed") == records(tmp_path / "memory")
+    a, b = weights(tmp_path / "streamed"), weights(tmp_path / "memory")
+    assert all(torch.equal(a[k], b[k]) for k in b)
