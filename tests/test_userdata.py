@@ -123,7 +123,7 @@ def test_image_size_resizes_mixed_sizes(tmp_path):
 # --------------------------------------------------------------------------- streaming
 
 
-@pytest.mark.parametrize("extra", [["crop=pad"], ["crop=resized"]])
+@pytest.mark.parametrize("extra", [["crop=pad", "diagnostics.probe=8"], ["crop=resized"]])
 def test_streaming_gives_the_in_memory_results_bit_for_bit(tmp_path, extra):
     root = make_folder(tmp_path / "imgs", n=40)
     runs = {}
