@@ -145,7 +145,8 @@ class StreamedSplit:
         return int(self.y.shape[0])
 
     def take(self, indices: torch.Tensor) -> torch.Tensor:
-        return next(self.chunks([indices]))
+        """The uint8 images at `indices`, read here (a few: a sample, the diagnostics' probe)."""
+        return torch.from_numpy(self.source.read(indices.cpu().numpy())).to(self.y.device)
 
     def chunks(self, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
         return userdata.stream(self.source, [c.cpu().numpy() for c in chunks],
