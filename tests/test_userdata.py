@@ -176,6 +176,9 @@ def test_the_training_split_streams_above_the_budget(tmp_path):
     assert isinstance(load_data(f"folder:{root}", val_size=0, stream="auto", budget=nbytes - 1).train,
                       StreamedSplit)
     assert isinstance(load_data(f"folder:{root}", val_size=0, stream="auto", budget=nbytes).train, Split)
+    npz = f"arrays:{make_npz(tmp_path / 'a.npz')}"  # already in host memory: on the CPU, never by auto
+    assert isinstance(load_data(npz, val_size=0, stream="auto", budget=0).train, Split)
+    assert isinstance(load_data(npz, val_size=0, stream=True).train, StreamedSplit)
     assert parse_bytes("2GiB") == 2 * 2**30 and parse_bytes("1.5 MB") == 1_500_000 and parse_bytes(7) == 7
 
 

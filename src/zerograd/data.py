@@ -512,7 +512,9 @@ def load_data(
         return Split(x, labels(y, idx))
 
     nbytes = len(train_idx) * int(np.prod(info.shape))
-    if stream is True or (stream == "auto" and nbytes > (userdata.device_budget(dev) if budget is None else budget)):
+    held = isinstance(train_src, userdata.ArraySource) and dev.type == "cpu"  # streaming saves nothing
+    if stream is True or (stream == "auto" and not held
+                          and nbytes > (userdata.device_budget(dev) if budget is None else budget)):
         train = StreamedSplit(userdata.Subset(train_src, train_idx), labels(y_tr, train_idx), workers)
     else:
         train = memory(train_src, y_tr, train_idx)
