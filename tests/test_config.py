@@ -109,7 +109,8 @@ def test_normalization_override_reaches_the_model_and_defaults_to_the_dataset():
 
 
 def test_augmentation_keys_follow_the_dataset_default():
-    assert augmentation(load_config("quickstart")) == {"augment": False, "pad_mode": "zeros", "flip": True,
+    assert augmentation(load_config("quickstart")) == {"augment": False, "pad_mode": "zeros", "flip": True, "crop": "pad",
                                                        "rotate": 0.0}
     cfg = load_config("quickstart", ["augment=true", "pad_mode=reflect", "flip=false", "rotate=15"])
-    assert augmentation(cfg) == {"augment": True, "pad_mode": "reflect", "flip": False, "rotate": 15.0}
+    assert augmentation(cfg) == {"augment": True, "pad_mode": "reflect", "flip": False, "rotate": 15.0,
+                                 "crop": "pad"}

@@ -267,11 +267,52 @@ def _net_weights(inputs: int, classes: int, name: str):
     return make
 
 
+def _folder(kind: str):
+    """A folder: dataset the rows of your own data use (tests/test_userdata.py makes them)."""
+    def make(tmp: Path, run: Path, p: dict) -> Path:
+        import numpy as np
+        from PIL import Image
+
+        from tests.test_userdata import make_folder
+
+        root = tmp / kind.lower()
+        if kind == "NOIMAGES":
+            (root / "train" / "a").mkdir(parents=True)
+            (root / "test").mkdir()
+            return root
+        make_folder(root, n=6, classes=1 if kind == "ONECLASS" else 3, test=kind != "NOTEST")
+        if kind == "UNKNOWNCLASS":
+            (root / "test" / "zebra").mkdir()
+            Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "test" / "zebra" / "z.png")
+        if kind == "BADIMAGE":
+            (root / "train" / "c0" / "junk.jpg").write_bytes(b"not an image")
+        if kind == "MIXEDSIZES":
+            Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(root / "test" / "c1" / "small.png")
+        return root
+    return make
+
+
+def _npz(kind: str):
+    def make(tmp: Path, run: Path, p: dict) -> Path:
+        import numpy as np
+
+        from tests.test_userdata import make_npz
+
+        change = {"BADLABELSNPZ": {"y_test": np.arange(12) % 5}, "NOKEYNPZ": {"x_test": None},
+                  "FLOATNPZ": {"x_train": np.zeros((48, 10, 10, 3), np.float32)},
+                  "AMBIGUOUSNPZ": {"x_train": np.zeros((48, 3, 5, 3), np.uint8)},
+                  "FLOATLABELSNPZ": {"y_train": np.zeros(48)}}[kind]
+        return make_npz(tmp / f"{kind.lower()}.npz", **change)
+    return make
+
+
 LAZY = {  # placeholders made only for the rows that use them
     "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked,
+    **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES")},
+    **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
@@ -330,8 +371,9 @@ def test_bad_input_gets_the_documented_line(num, command, message, tmp_path, fin
     monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)[1:]  # drop "zerograd"
-    places = make_places(tmp_path, finished_run, needed=set(words))
+    places = make_places(tmp_path, finished_run, needed={p for w in words for p in re.split("[=:]", w)})
     argv = [str(places.get(w, w)) for w in words]
+    argv = [re.sub(r"(?<=:)[A-Z]+$", lambda m: str(places.get(m[0], m[0])), w) for w in argv]
     before = snapshot(tmp_path)
     if command in SUBPROCESS_ROWS:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ZEROGRAD_DATA_DIR": str(places["DATA"])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .data import DATASETS, PAD_MODES
+from .data import CROPS, PAD_MODES, Data, DatasetInfo, dataset_info, pixel_stats
 from .errors import ConfigError
 from .files import dump_yaml, load_yaml, read_yaml
 from .methods import METHODS
@@ -21,6 +22,7 @@ from .options import DiagnosticsOptions, GuardOptions
 from .precision import AMP_DTYPES
 from .registry import did_you_mean
 from .schedules import SCHEDULES
+from .userdata import FOLDER, canonical, is_user_data, parse_bytes
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -57,8 +59,13 @@ class Config:
     pad_mode: str = "zeros"  # the random crop's 4-pixel padding: zeros or reflect
     flip: bool = True  # random horizontal flips (with augment)
     rotate: float = 0.0  # random rotation by up to this many degrees (with augment; 0: none)
-    mean: list | None = None  # per-channel normalization inside the model (None: the dataset's)
-    std: list | None = None
+    crop: str = "auto"  # pad (pad-and-crop), resized (random-resized-crop); auto: resized from 128 px
+    mean: list | None = None  # per-channel normalization inside the model (None: the dataset's;
+    std: list | None = None  # your own data's are computed from its training split and recorded)
+    image_size: int | list | None = None  # folder: data resized to this (H, W) or square size
+    stream: bool | str = "auto"  # stream the training split: true, false, or auto (above data_budget)
+    data_budget: int | str | None = None  # bytes ("2GiB" too); null: half the device's free memory
+    loader_workers: int | None = None  # processes reading images (null: min(4, CPUs)); 0: in-process
     data_dir: str | None = None
     device: str = "auto"
     amp: bool = False  # mixed precision (opt-in: the paper trains in float32, its section 4.4)
@@ -372,7 +379,8 @@ def validate(cfg: Config) -> Config:
     _require(0 <= cfg.rotate <= 180, f"rotate={cfg.rotate} is invalid: must be in [0, 180] (degrees)")
     for name in ("eps_ramp_epochs", "alpha_ramp_epochs"):
         _require(getattr(cfg, name) >= 0, f"{name}={getattr(cfg, name)} is invalid: must be >= 0 (0: no ramp)")
-    info = DATASETS[cfg.dataset]  # unknown names: one line with did-you-mean
+    cfg = _check_data_keys(cfg)
+    info = dataset_facts(cfg)  # unknown names: one line with did-you-mean
     for name in ("mean", "std"):
         values = getattr(cfg, name)
         _require(values is None or len(values) == info.shape[0],
@@ -436,22 +444,88 @@ def from_yaml_dict(data: dict) -> Config:
     return validate(apply(Config(), known))
 
 
+MAX_WORKERS = 64
+RESIZED_FROM = 128  # crop=auto: random-resized-crop for images at least this large (both sides)
+
+
+def _check_data_keys(cfg: Config) -> Config:
+    """The data keys (image_size, stream, data_budget, loader_workers, crop); your own data's
+    path made absolute, so config.yaml names it from anywhere."""
+    if is_user_data(cfg.dataset):
+        cfg = dataclasses.replace(cfg, dataset=canonical(cfg.dataset))
+    size = cfg.image_size
+    if size is not None:
+        sizes = [size] if not isinstance(size, list) else size
+        _require(cfg.dataset.startswith(FOLDER),
+                 f"image_size={size} resizes folder: datasets only (dataset is {cfg.dataset!r}); use null")
+        _require(len(sizes) in (1, 2) and all(float(v).is_integer() and 1 <= v <= 65536 for v in sizes),
+                 f"image_size={size} is invalid: must be a size in pixels (1..65536) or [height, width]")
+        size = [int(v) for v in sizes] * (3 - len(sizes))
+    _require(isinstance(cfg.stream, bool) or cfg.stream == "auto",
+             f"stream={cfg.stream!r} is invalid: must be true, false or auto")
+    if cfg.data_budget is not None:
+        parse_bytes(cfg.data_budget)
+    _require(cfg.loader_workers is None or 0 <= cfg.loader_workers <= MAX_WORKERS,
+             f"loader_workers={cfg.loader_workers} is invalid: must be in 0..{MAX_WORKERS} or null")
+    _require(cfg.crop in ("auto", *CROPS),
+             f"crop={cfg.crop!r} is invalid: must be one of auto, {', '.join(CROPS)}")
+    _require(cfg.rotate == 0 or cfg.crop != "resized",
+             f"rotate={cfg.rotate} needs crop=pad (random-resized-crop does not rotate)")
+    return dataclasses.replace(cfg, image_size=size)
+
+
+def dataset_facts(cfg: Config) -> DatasetInfo:
+    """cfg's dataset's facts (`data.dataset_info`): shape, classes, mean/std, augmentation."""
+    size = tuple(cfg.image_size) if isinstance(cfg.image_size, list) else None
+    return dataset_info(cfg.dataset, cfg.data_dir, size)
+
+
+def data_options(cfg: Config, device, **changes) -> dict:
+    """`data.load_data`'s keyword arguments for cfg on `device`, updated by `changes` (e.g.
+    an evaluation's test_subset, or stream=True where the training images are never read)."""
+    workers = min(4, os.cpu_count() or 1) if cfg.loader_workers is None else cfg.loader_workers
+    return {"data_dir": cfg.data_dir, "val_size": cfg.val_size, "train_subset": cfg.train_subset,
+            "test_subset": cfg.test_n, "device": device, "seed": cfg.seed,
+            "image_size": tuple(cfg.image_size) if cfg.image_size else None, "stream": cfg.stream,
+            "budget": None if cfg.data_budget is None else parse_bytes(cfg.data_budget),
+            "workers": workers, **changes}
+
+
+def with_statistics(cfg: Config, data: Data) -> Config:
+    """cfg with mean/std set: given ones kept, else the dataset's, else (your own data)
+    computed once from the training split, so config.yaml records what the model uses."""
+    info = data.info
+    if (cfg.mean is not None or info.mean is not None) and (cfg.std is not None or info.std is not None):
+        return cfg
+    mean, std = pixel_stats(data.train)
+    return dataclasses.replace(cfg, mean=cfg.mean or mean, std=cfg.std or std)
+
+
 def normalization(cfg: Config) -> tuple[list[float], list[float]]:
     """The per-channel mean and std the model normalizes with: cfg's, else the dataset's."""
-    info = DATASETS[cfg.dataset]
-    return list(cfg.mean or info.mean), list(cfg.std or info.std)
+    info = dataset_facts(cfg)
+    mean, std = cfg.mean or info.mean, cfg.std or info.std
+    if mean is None or std is None:
+        raise ConfigError(f"dataset {cfg.dataset!r} has no built-in mean/std: give mean= and std= "
+                          "(training computes and records them)")
+    return list(mean), list(std)
 
 
 def augmentation(cfg: Config) -> dict:
     """The training batches' augmentation arguments of `data.batches`."""
-    augment = DATASETS[cfg.dataset].augment if cfg.augment is None else cfg.augment
-    return {"augment": augment, "pad_mode": cfg.pad_mode, "flip": cfg.flip, "rotate": cfg.rotate}
+    info = dataset_facts(cfg)
+    augment = info.augment if cfg.augment is None else cfg.augment
+    crop = cfg.crop
+    if crop == "auto":
+        crop = "resized" if min(info.shape[1:]) >= RESIZED_FROM and cfg.rotate == 0 else "pad"
+    return {"augment": augment, "pad_mode": cfg.pad_mode, "flip": cfg.flip, "rotate": cfg.rotate,
+            "crop": crop}
 
 
 def model_for(cfg: Config, user: UserModel | None = None) -> nn.Module:
     """The network cfg names, shaped and normalized for cfg's dataset (on the CPU). A user
     model (cfg.model a spec or an object record) needs `user` (models.user_model)."""
-    info = DATASETS[cfg.dataset]
+    info = dataset_facts(cfg)
     mean, std = normalization(cfg)
     return build_model(cfg.model, num_classes=info.num_classes, in_channels=info.shape[0],
                        mean=mean, std=std, user=user, **cfg.model_args)
@@ -459,5 +533,5 @@ def model_for(cfg: Config, user: UserModel | None = None) -> nn.Module:
 
 def check_user_model(cfg: Config, user: UserModel) -> None:
     """Build cfg's user model once (RNG untouched), so a bad factory fails before any work."""
-    info = DATASETS[cfg.dataset]
+    info = dataset_facts(cfg)
     user.check(info.num_classes, info.shape[0], cfg.model_args)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import pickle
 import shutil
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -26,6 +27,7 @@ from types import MappingProxyType
 import numpy as np
 import torch
 
+from . import userdata
 from .errors import ConfigError
 from .registry import Registry
 
@@ -35,14 +37,18 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
 __all__ = [
+    "CROPS",
     "DATASETS",
     "PAD_MODES",
     "Data",
     "DatasetInfo",
     "Split",
+    "StreamedSplit",
     "batches",
     "check_available",
+    "dataset_info",
     "load_data",
+    "pixel_stats",
     "resolve_data_dir",
     "to_float",
 ]
@@ -51,6 +57,9 @@ log = logging.getLogger(__name__)
 
 PAD = 4  # pixels of padding before the random crop (standard CIFAR augmentation)
 PAD_MODES = ("zeros", "reflect")
+CROPS = ("pad", "resized")  # pad-and-crop (CIFAR's), or random-resized-crop (ImageNet's)
+RESIZED_SCALE = (0.08, 1.0)  # random-resized-crop's area fraction and aspect ratio ranges
+RESIZED_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -60,8 +69,8 @@ class DatasetInfo:
     name: str
     num_classes: int
     shape: tuple[int, int, int]  # (C, H, W)
-    mean: tuple[float, ...]  # per channel, for pixels in [0, 1]
-    std: tuple[float, ...]
+    mean: tuple[float, ...] | None  # per channel, for pixels in [0, 1] (None: computed from
+    std: tuple[float, ...] | None  # the training split when a run starts, then recorded)
     augment: bool  # default: random crop (4-px padding) + horizontal flip
     files: tuple[str, ...]  # expected under the data dir (for error messages)
     url: str | None  # official download location (None: bundled with scikit-learn)
@@ -114,13 +123,54 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at `indices`, on the split's device."""
+        return self.x[indices.to(self.x.device)]
+
+    def chunks(self, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        """The images of each index chunk, in order (what `batches` reads a batch with)."""
+        return (self.take(c) for c in chunks)
+
+
+@dataclass(eq=False)
+class StreamedSplit:
+    """A split too large for the device: labels on the device, images read on demand from
+    `source` (a `userdata` source) by `workers` loader processes, as uint8 (N, C, H, W)."""
+
+    source: object
+    y: torch.Tensor
+    workers: int = 0
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def take(self, indices: torch.Tensor) -> torch.Tensor:
+        """The uint8 images at `indices`, read here (a few: a sample, the diagnostics' probe)."""
+        return torch.from_numpy(self.source.read(indices.cpu().numpy())).to(self.y.device)
+
+    def chunks(self, chunks: list[torch.Tensor]) -> Iterator[torch.Tensor]:
+        return userdata.stream(self.source, [c.cpu().numpy() for c in chunks],
+                               min(self.workers, len(chunks)), self.y.device)
+
 
 @dataclass(eq=False)
 class Data:
     info: DatasetInfo
-    train: Split
+    train: Split | StreamedSplit  # streamed when it exceeds the device budget (load_data)
     val: Split
     test: Split
+
+
+def dataset_info(name: str, data_dir: str | Path | None = None,
+                 image_size: tuple[int, int] | None = None) -> DatasetInfo:
+    """The facts of a registered dataset, or of your own (`folder:PATH`, `arrays:FILE.npz`,
+    inspected without decoding; mean and std None: computed when training starts). Unknown
+    names: one line with did-you-mean. The one place a dataset's facts come from."""
+    if not userdata.is_user_data(name):
+        return DATASETS[name]
+    name = userdata.canonical(name)
+    facts = userdata.inspect(name, image_size)
+    return DatasetInfo(name, facts.num_classes, facts.shape, None, None, True, (), None)
 
 
 # --------------------------------------------------------------------------- locating / download
@@ -142,6 +192,8 @@ def check_available(name: str, data_dir: str | Path | None = None, *, download: 
     Called before any training work so a missing dataset fails in seconds with a message that
     says which files were expected where and where to get them.
     """
+    if userdata.is_user_data(name):
+        return  # your own data: dataset_info has checked it
     info = DATASETS[name]
     root = resolve_data_dir(data_dir)
     if not _missing(info, root):
@@ -418,33 +470,85 @@ def load_data(
     device: str | torch.device = "cpu",
     seed: int = 0,
     download: bool = True,
+    image_size: tuple[int, int] | None = None,
+    stream: bool | str = False,
+    budget: int | None = None,
+    workers: int = 0,
 ) -> Data:
-    """Load a dataset as uint8 tensors on `device`, with validation carved from training data."""
-    info = DATASETS[name]
+    """Load a dataset as uint8 tensors on `device`. Validation is the source's own val split
+    (at most val_size images of it, a fixed random choice) or else carved from training data.
+    The training split is streamed (a `StreamedSplit` read by `workers` processes) when
+    `stream` is True, or "auto" and its bytes exceed `budget` (None: `userdata.device_budget`);
+    validation and test stay in memory."""
+    info = dataset_info(name, data_dir, image_size)
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
         raise ConfigError(f"invalid device {device!r}: {e}") from None
     if test_subset is not None and test_subset < 1:
         raise ConfigError(f"test_subset {test_subset} must be >= 1")
-    root = resolve_data_dir(data_dir)
-    check_available(name, root, download=download)
+    splits = _open_splits(info, data_dir, download, image_size)
+    train_src, y_tr = splits["train"]
+    if "val" in splits:
+        train_idx, _ = _split_indices(len(y_tr), 0, train_subset, seed)
+        val_src, y_va = splits["val"]
+        val_idx = np.random.RandomState(seed).permutation(len(y_va))[:val_size]
+    else:
+        train_idx, val_idx = _split_indices(len(y_tr), val_size, train_subset, seed)
+        val_src, y_va = train_src, y_tr
+    test_src, y_te = splits["test"]
+    if test_subset is not None and test_subset > len(y_te):
+        raise ConfigError(f"test_subset {test_subset} exceeds the {len(y_te)} test images")
+    test_idx = np.arange(len(y_te) if test_subset is None else test_subset)
 
-    x_tr, y_tr, x_te, y_te = _READERS[name](root)
+    def labels(y: np.ndarray, idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(y[idx], dtype=np.int64)).to(dev)
+
+    def memory(src, y: np.ndarray, idx: np.ndarray) -> Split:
+        if isinstance(src, userdata.ArraySource):
+            x = torch.from_numpy(np.ascontiguousarray(src.read(idx))).to(dev)
+        else:
+            x = userdata.read_all(src, idx, workers, dev)
+        return Split(x, labels(y, idx))
+
+    nbytes = len(train_idx) * int(np.prod(info.shape))
+    held = isinstance(train_src, userdata.ArraySource) and dev.type == "cpu"  # streaming saves nothing
+    if stream is True or (stream == "auto" and not held
+                          and nbytes > (userdata.device_budget(dev) if budget is None else budget)):
+        train = StreamedSplit(userdata.Subset(train_src, train_idx), labels(y_tr, train_idx), workers)
+    else:
+        train = memory(train_src, y_tr, train_idx)
+    return Data(info, train, memory(val_src, y_va, val_idx), memory(test_src, y_te, test_idx))
+
+
+def _open_splits(info: DatasetInfo, data_dir, download: bool, image_size) -> dict:
+    """{split: (userdata source, int64 labels)}: your own data's, or a built-in's arrays."""
+    if userdata.is_user_data(info.name):
+        return userdata.open_splits(info.name, image_size)
+    root = resolve_data_dir(data_dir)
+    check_available(info.name, root, download=download)
+    x_tr, y_tr, x_te, y_te = _READERS[info.name](root)
     _check_arrays(info, x_tr, y_tr, "train")
     _check_arrays(info, x_te, y_te, "test")
-    train_idx, val_idx = _split_indices(len(y_tr), val_size, train_subset, seed)
-    if test_subset is not None:
-        if test_subset > len(y_te):
-            raise ConfigError(f"test_subset {test_subset} exceeds the {len(y_te)} test images")
-        x_te, y_te = x_te[:test_subset], y_te[:test_subset]
+    return {"train": (userdata.ArraySource(x_tr), y_tr), "test": (userdata.ArraySource(x_te), y_te)}
 
-    def split(x: np.ndarray, y: np.ndarray) -> Split:
-        return Split(torch.from_numpy(np.ascontiguousarray(x)).to(dev),
-                     torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)).to(dev))
 
-    return Data(info, split(x_tr[train_idx], y_tr[train_idx]), split(x_tr[val_idx], y_tr[val_idx]),
-                split(x_te, y_te))
+def pixel_stats(split: Split | StreamedSplit, chunk: int = 512) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a split's pixels in [0, 1] (float64 sums, one pass in a
+    fixed order: the same numbers on every rank and every run); std at least 1/255, so a
+    constant channel still normalizes."""
+    n = len(split)
+    s = s2 = count = 0
+    for x in split.chunks([torch.arange(i, min(i + chunk, n)) for i in range(0, n, chunk)]):
+        xf = x.to(torch.float64).div_(255)
+        s = s + xf.sum((0, 2, 3))
+        s2 = s2 + xf.square().sum((0, 2, 3))
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    if not count:
+        raise ConfigError("cannot compute mean/std of an empty training split")
+    mean = s / count
+    std = (s2 / count - mean.square()).clamp_min(0).sqrt().clamp_min(1 / 255)
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
 # --------------------------------------------------------------------------- batching
@@ -460,20 +564,15 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     raise ConfigError(f"images must be uint8 (0..255) or float pixels in [0, 1], got {x.dtype}")
 
 
-def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str = "zeros",
-             flip: bool = True, rotate: float = 0.0) -> torch.Tensor:
-    """Pad PAD pixels (zeros or a reflection), random-crop back to HxW, random horizontal flip
-    (if `flip`), then a random rotation by an angle uniform in [-rotate, rotate] degrees about
-    the centre (if `rotate`; nearest pixel, zeros outside, as torchvision's RandomRotation).
-    One gather, no loop.
+def _augment(x: torch.Tensor, draws: tuple, pad_mode: str = "zeros") -> torch.Tensor:
+    """Pad PAD pixels (zeros or a reflection), random-crop back to HxW, random horizontal flip,
+    then a random rotation about the centre (if drawn; nearest pixel, zeros outside, as
+    torchvision's RandomRotation), by the `draws` of `_draw`. One gather, no loop.
 
-    Offsets, flips and angles are drawn on the CPU (rows, columns, flips, then angles; the
-    flips are drawn even when unused) and the index maps are computed there, so the result
-    does not depend on where the images live, and a run without rotation draws what it did
-    before rotation existed.
-    """
+    The draws and the index maps are computed on the CPU, so the result does not depend on
+    where the images live."""
     b, _, h, w = x.shape
-    dy, dx, flipped, angles = _draw(b, generator, flip, rotate)
+    dy, dx, flipped, angles = draws
     i = torch.arange(h).view(1, h, 1)  # output pixel (i, j) of the crop; rows and columns
     j = torch.arange(w).view(1, 1, w)  # stay separable (broadcast) unless rotated
     inside = None  # where the output reads an image pixel, not the zero fill (None: everywhere)
@@ -496,8 +595,10 @@ def _augment(x: torch.Tensor, generator: torch.Generator | None, pad_mode: str =
 
 def _draw(b: int, generator: torch.Generator | None, flip: bool, rotate: float):
     """The random numbers `_augment` uses for a batch of b images, in their fixed order
-    (rows, columns, flips, then angles when rotating). Skipping a batch (`batches(start=...)`)
-    draws them too, so the batches after it are the same as in a run that trained on it."""
+    (rows, columns, flips, then angles when rotating; the flips are drawn even when unused,
+    so a run without rotation draws what it did before rotation existed). Skipping a batch
+    (`batches(start=...)`) draws them too, so the batches after it are the same as in a run
+    that trained on it."""
     dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
     dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
     flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
@@ -505,6 +606,44 @@ def _draw(b: int, generator: torch.Generator | None, flip: bool, rotate: float):
     if rotate > 0:
         angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
     return dy, dx, flipped, angles
+
+
+def _draw_resized(b: int, generator: torch.Generator | None, flip: bool,
+                  scale: tuple[float, float] = RESIZED_SCALE, ratio: tuple[float, float] = RESIZED_RATIO):
+    """Random-resized-crop's numbers for b images, in order: area fractions (uniform in
+    `scale`), log aspect ratios (uniform in log `ratio`), vertical and horizontal placements
+    (uniform in [0, 1]), flips; float64 on the CPU."""
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64)
+
+    area = uniform(*scale)
+    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]))
+    at_y, at_x = uniform(0, 1), uniform(0, 1)
+    flipped = torch.randint(0, 2, (b,), generator=generator).bool() & flip
+    return area, log_ratio, at_y, at_x, flipped
+
+
+def _resized_crop(x: torch.Tensor, draws: tuple) -> torch.Tensor:
+    """Float images (b, C, H, W): each a crop of `area` x H x W pixels and aspect ratio
+    (width/height) exp(log_ratio), clipped to the image, at the drawn placement, flipped if
+    drawn, resized back to H x W by bilinear sampling (one affine_grid + grid_sample for the
+    batch). Scale 1 and ratio 1 give a square image back."""
+    b, c, h, w = x.shape
+    area, log_ratio, at_y, at_x, flipped = draws
+    ratio = log_ratio.exp()
+    cw = (area * h * w * ratio).sqrt().clamp(max=w)  # the crop's width and height in pixels
+    ch = (area * h * w / ratio).sqrt().clamp(max=h)
+    left, top = at_x * (w - cw), at_y * (h - ch)
+    theta = torch.zeros(b, 2, 3, dtype=torch.float64)  # output [-1, 1] -> input coordinates
+    theta[:, 0, 0] = torch.where(flipped, -1.0, 1.0) * cw / w
+    theta[:, 0, 2] = (2 * left + cw) / w - 1
+    theta[:, 1, 1] = ch / h
+    theta[:, 1, 2] = (2 * top + ch) / h - 1
+    grid = torch.nn.functional.affine_grid(theta.to(x.device, torch.float32), [b, c, h, w],
+                                           align_corners=False)
+    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
+                                          align_corners=False)
+    return out.clamp_(0, 1)
 
 
 def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
@@ -527,7 +666,7 @@ def _rotated_source(i: torch.Tensor, j: torch.Tensor, degrees: torch.Tensor):
 
 
 def batches(
-    split: Split,
+    split: Split | StreamedSplit,
     batch_size: int,
     *,
     shuffle: bool,
@@ -537,38 +676,55 @@ def batches(
     pad_mode: str = "zeros",
     flip: bool = True,
     rotate: float = 0.0,
+    crop: str = "pad",
     start: int = 0,
+    rows: Callable[[int], tuple[int, int]] | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (x float32 in [0, 1], y) batches on the split's device.
 
     With `shuffle`, one permutation per call (i.e. per epoch) is drawn from `generator` before
-    any augmentation draws, then each batch draws its crop offsets, flips and angles
-    (`pad_mode`, `flip`, `rotate` as in `_augment`). `start`: begin at that batch of the
-    epoch, drawing (not applying) the skipped batches' augmentation, so batch k is bitwise the
-    batch k of a full pass (what resuming in the middle of an epoch needs).
+    any augmentation draws, then each batch draws its augmentation: `crop="pad"` crop offsets,
+    flips and angles (`pad_mode`, `flip`, `rotate` as in `_augment`), `crop="resized"` a
+    random-resized crop and flips (`_resized_crop`). `start`: begin at that batch of the
+    epoch, drawing (not applying) the skipped batches' augmentation and reading none of their
+    images, so batch k is bitwise the batch k of a full pass (what resuming in the middle of
+    an epoch needs). `rows(n)`: the rows (lo, hi) of a batch of n that the caller needs (a
+    process's shard); only their images are read and augmented, with the whole batch's draws,
+    and y stays the whole batch's. A `StreamedSplit` reads ahead in its loader processes;
+    every random number is drawn here, in the main process, in the same order either way.
     """
     if pad_mode not in PAD_MODES:
         raise ConfigError(f"pad_mode={pad_mode!r} is invalid: must be one of {', '.join(PAD_MODES)}")
+    if crop not in CROPS:
+        raise ConfigError(f"crop={crop!r} is invalid: must be one of {', '.join(CROPS)}")
     if batch_size < 1:
         raise ConfigError(f"batch_size {batch_size} must be >= 1")
     if generator is not None and generator.device.type != "cpu":
         raise ConfigError(f"generator must be a CPU torch.Generator, got one on {generator.device}")
-    n = len(split)
-    device = split.x.device
-    order = torch.randperm(n, generator=generator) if shuffle else None
     if start < 0:
         raise ConfigError(f"start {start} must be >= 0 (a batch index)")
+    n = len(split)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     stop = n - n % batch_size if drop_last else n
-    for number, first in enumerate(range(0, stop, batch_size)):
-        if number < start:
-            if augment:
-                _draw(min(batch_size, n - first), generator, flip, rotate)
-            continue
-        if order is None:
-            x, y = split.x[first:first + batch_size], split.y[first:first + batch_size]
-        else:
-            idx = order[first:first + batch_size].to(device)
-            x, y = split.x[idx], split.y[idx]
+    firsts = range(0, stop, batch_size)
+    parts = [(0, min(batch_size, n - first)) if rows is None else rows(min(batch_size, n - first))
+             for first in firsts]
+    images = split.chunks([order[first:first + batch_size][lo:hi]
+                           for (lo, hi), first in zip(parts[start:], firsts[start:])])
+    for number, first in enumerate(firsts):
+        size = min(batch_size, n - first)
+        draws = None
         if augment:
-            x = _augment(x, generator, pad_mode, flip, rotate)
-        yield to_float(x), y
+            draws = (_draw(size, generator, flip, rotate) if crop == "pad"
+                     else _draw_resized(size, generator, flip))
+        if number < start:
+            continue
+        lo, hi = parts[number]
+        x = next(images)
+        y = split.y[order[first:first + batch_size].to(split.y.device)]
+        if draws is None:
+            yield to_float(x), y
+            continue
+        draws = tuple(None if d is None else d[lo:hi] for d in draws)
+        yield (to_float(_augment(x, draws, pad_mode)) if crop == "pad"
+               else _resized_crop(to_float(x), draws)), y

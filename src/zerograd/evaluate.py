@@ -22,13 +22,15 @@ from .config import (
     MAX_SEED,
     Config,
     apply,
+    data_options,
+    dataset_facts,
     model_for,
     normalization,
     parse_number,
     parse_override,
     validate,
 )
-from .data import DATASETS, check_available, load_data, to_float
+from .data import check_available, load_data, to_float
 from .errors import ConfigError
 from .files import sha256_file, write_json
 from .models import is_user_model, user_model
@@ -168,7 +170,7 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     if user is None and is_user_model(cfg.model):
         user = user_model(cfg.model)  # the spec given on this command line: imported only now
     normalized = normalize == "dataset" or mean is not None
-    channels = DATASETS[cfg.dataset].shape[0]
+    channels = dataset_facts(cfg).shape[0]
     mean, std = normalization(cfg) if normalized else ([0.0] * channels, [1.0] * channels)
     net = model_for(dataclasses.replace(cfg, mean=mean, std=std), user)  # Normalize(0, 1): identity
     what = f"model {cfg.model!r}"
@@ -239,8 +241,7 @@ def _evaluate_model(model, cfg, facts: dict, *, dev, trained: bool, run: str | N
     steps = cfg.test_pgd_steps if steps is None else steps
     restarts = cfg.test_restarts if restarts is None else restarts
     check_available(cfg.dataset, cfg.data_dir)
-    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size, test_subset=n,
-                     device=dev, seed=cfg.seed)
+    data = load_data(cfg.dataset, **data_options(cfg, dev, train_subset=None, test_subset=n, stream=True))
     if not trained:
         _probe(model, data.test, data.info.num_classes, cfg.model)
     planned = {"name": attack, "eps": eps_value, "steps": steps, "restarts": restarts,

@@ -15,8 +15,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .config import normalization
-from .data import DATASETS
+from .config import dataset_facts, normalization
 from .errors import ConfigError
 from .files import atomic_write, write_json
 from .models import build_model, is_user_model, needs_user_model, user_model
@@ -42,7 +41,7 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False, mo
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create export folder {str(out)!r}: {e.strerror}") from None
-    info = DATASETS[cfg.dataset]
+    info = dataset_facts(cfg)
     mean, std = normalization(cfg)
     facts = checkpoint_facts(ckpt_path, ckpt, cfg)
     meta = {

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .config import data_options
 from .data import batches, check_available, load_data
 from .errors import ConfigError
 from .files import write_json
@@ -140,8 +141,7 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
     model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir,
                                                         model=model)
     check_available(cfg.dataset, cfg.data_dir)
-    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
-                     train_subset=cfg.train_subset, device=dev, seed=cfg.seed)
+    data = load_data(cfg.dataset, **data_options(cfg, dev, test_subset=None, stream=False))
     part = getattr(data, split)
     if n is not None:
         if n > len(part):

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .config import data_options
 from .data import load_data, to_float
 from .detector import Detector
 from .errors import ConfigError
@@ -358,7 +359,8 @@ def gradient_figure(run_path: Path, path: Path, n: int = 4, data_dir=None) -> No
 
     model, cfg, _ = load_model(run_path, "last", data_dir=data_dir)
     model.eval()
-    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=0, test_subset=n, seed=cfg.seed)
+    data = load_data(cfg.dataset, **data_options(cfg, "cpu", val_size=0, train_subset=None, test_subset=n,
+                                                 stream=True))
     x = to_float(data.test.x)
     y = data.test.y
     torch.manual_seed(0)

@@ -61,7 +61,7 @@ REPORT = "report.md"
 PLOTS = "plots"
 LOCK = ".lock"
 # Keys a resumed run may change: where the data lives and which device runs it.
-MAY_DIFFER = ("data_dir", "device")
+MAY_DIFFER = ("data_dir", "device", "stream", "data_budget", "loader_workers")  # results are equal either way
 # Keys `--resume RUN --set key=value` may change deliberately (recorded in config.yaml and as a
 # 'config_change' event): the method's arguments (as a rollback does), CO detection and
 # diagnostics, the NaN policy, the final evaluation and how often a resume point is written.

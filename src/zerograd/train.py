@@ -11,7 +11,15 @@ from pathlib import Path
 import torch
 
 from .accuracy import evaluate
-from .config import Config, apply, check_user_model, model_for, validate
+from .config import (
+    Config,
+    apply,
+    check_user_model,
+    data_options,
+    model_for,
+    validate,
+    with_statistics,
+)
 from .data import Data, check_available, load_data, to_float
 from .errors import ConfigError, ZerogradError
 from .models import UserModel, is_user_model, needs_user_model, user_model
@@ -108,16 +116,17 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
         require_tensorboard()
 
     seed_everything(cfg.seed)
-    data = load_data(cfg.dataset, data_dir=cfg.data_dir, val_size=cfg.val_size,
-                     train_subset=cfg.train_subset, test_subset=cfg.test_n, device=device,
-                     seed=cfg.seed)
+    # your own data (issue 12): the training split may be streamed (data_budget, stream), and
+    # mean/std not given are computed from it here, before config.yaml records cfg
+    data = load_data(cfg.dataset, **data_options(cfg, device))
+    cfg = with_statistics(cfg, data)
     if run is not None:
         par.on_main(run.prepare, force=force, resume=resume)
     model = model_for(cfg, user).to(device)
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    model, train_model = par.wrap(model, cfg, to_float(data.train.x[:1]))
+    model, train_model = par.wrap(model, cfg, to_float(data.train.take(torch.arange(1))))
     steps_per_epoch = math.ceil(len(data.train) / cfg.batch_size)
     objective = Objective(cfg, model, optimizer, device, train_model, steps_per_epoch)
     schedule = partial(SCHEDULES[cfg.schedule], total=cfg.epochs * steps_per_epoch, lr_max=cfg.lr_max,

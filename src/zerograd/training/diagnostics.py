@@ -145,8 +145,9 @@ class Probe(Hook):
         if self.x is None:
             g = torch.Generator().manual_seed(state.cfg.seed)
             n = min(self.opt.probe, len(state.data.train))
-            idx = torch.randperm(len(state.data.train), generator=g)[:n].to(state.data.train.x.device)
-            self.x, self.y = to_float(state.data.train.x[idx]), state.data.train.y[idx]
+            idx = torch.randperm(len(state.data.train), generator=g)[:n]
+            train = state.data.train  # in memory or streamed: take reads only these images
+            self.x, self.y = to_float(train.take(idx)), train.y[idx.to(train.y.device)]
         return self.x, self.y
 
     def on_step(self, state) -> dict | None:

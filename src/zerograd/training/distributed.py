@@ -117,9 +117,19 @@ class Parallel:
 
     # ------------------------------------------------------------------ batches
 
+    def rows(self, n: int) -> tuple[int, int]:
+        """The rows (lo, hi) of a global batch of n that this rank's shard holds (its attack
+        batch: its own slice, or its MultiGrad group's); what a streamed split reads."""
+        if self.world_size == 1 or n < self.world_size:
+            return 0, n
+        sizes = part_sizes(n, self.world_size // self.spread)
+        lo = sum(sizes[:self.rank // self.spread])
+        return lo, lo + sizes[self.rank // self.spread]
+
     def split(self, x: Tensor, y: Tensor) -> Shard | None:
-        """This rank's shard of a global batch; None (on every rank) when the batch is too
-        small to give each rank a sample."""
+        """This rank's shard of a global batch (y the whole batch's labels; x its images, or
+        only the rows `rows(len(y))`, as a streamed split reads them); None (on every rank)
+        when the batch is too small to give each rank a sample."""
         n = len(y)
         if self.world_size == 1:
             return whole_batch(x, y)
@@ -127,12 +137,14 @@ class Parallel:
             return None
         sizes = part_sizes(n, self.world_size // self.spread)
         index = self.rank // self.spread
-        lo = sum(sizes[:index])
+        lo, hi = self.rows(n)
         sub = part_sizes(sizes[index], self.spread)
         plo = sum(sub[:self.rank % self.spread])
-        return Shard(x[lo:lo + sizes[index]], y[lo:lo + sizes[index]], sizes, index,
-                     (plo, plo + sub[self.rank % self.spread]), n, self.world_size,
-                     self.vote_sharing() if self.spread > 1 else None)
+        mine = x[lo:hi] if len(x) == n else x
+        if len(mine) != hi - lo:
+            raise ValueError(f"a batch of {n} gives rank {self.rank} rows {lo}..{hi}, not {len(x)} images")
+        return Shard(mine, y[lo:hi], sizes, index, (plo, plo + sub[self.rank % self.spread]), n,
+                     self.world_size, self.vote_sharing() if self.spread > 1 else None)
 
     def vote_sharing(self) -> contextlib.AbstractContextManager:
         """MultiGrad's n starts spread over this rank's group: each rank computes every

@@ -11,7 +11,7 @@ from functools import partial
 import torch
 
 from ..config import apply, augmentation, validate
-from ..data import batches
+from ..data import StreamedSplit, batches
 from ..runfolder import MetricsLog
 from ..runtime import epoch_generator
 from .events import AFTER_BACKWARD, EPOCH_END, EPOCH_START, STEP_END, Hooks, Rollback, Stop
@@ -192,8 +192,11 @@ def check_update(state: TrainState, hooks: Hooks, batch) -> Rollback | Stop | No
 
 def shards(state: TrainState, start: int = 0) -> Iterator:
     """This process's part of each global batch of the epoch from batch `start` on (order and
-    augmentation depend only on seed and epoch; the skipped batches' draws are made)."""
-    for x, y in batches(state.data.train, state.cfg.batch_size, shuffle=True, start=start,
+    augmentation depend only on seed and epoch; the skipped batches' draws are made). A
+    streamed split reads only this process's rows of each batch."""
+    train = state.data.train
+    rows = state.par.rows if isinstance(train, StreamedSplit) and state.par.world_size > 1 else None
+    for x, y in batches(train, state.cfg.batch_size, shuffle=True, start=start, rows=rows,
                         generator=epoch_generator(state.cfg.seed, state.epoch), **augmentation(state.cfg)):
         shard = state.par.split(x, y)
         if shard is not None:
