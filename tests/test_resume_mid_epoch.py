@@ -11,6 +11,7 @@ import torch
 
 from zerograd import load_config, train
 from zerograd.checkpoint import load_checkpoint
+from zerograd.data import StreamedSplit
 from zerograd.runfolder import RunFolder
 from zerograd.training import loop
 
@@ -46,6 +47,7 @@ def assert_same_runs(tmp_path, whole, resumed) -> None:
 @pytest.mark.parametrize("extra", [
     [],  # the default diagnostics: weight updates and perturbation norms (in-epoch state)
     ["augment=true", "rotate=10", "diagnostics.probe=16", "diagnostics.every=4"],  # probe: step records
+    ["stream=true", "loader_workers=1", "augment=true", "diagnostics.probe=16"],  # a streamed split
 ])
 def test_crash_mid_epoch_resumes_from_the_mid_epoch_point_bitwise(tmp_path, extra):
     crash = STEPS_PER_EPOCH + 11  # epoch 2, batch 11; the last point before it: step 30, batch 9
@@ -54,6 +56,8 @@ def test_crash_mid_epoch_resumes_from_the_mid_epoch_point_bitwise(tmp_path, extr
     assert point["callbacks"]["Counter"]["steps"] == STEPS_PER_EPOCH + 9
     assert set(point["in_epoch"]["callbacks"]) == {"WeightUpdate", "PerturbationNorms"}
     assert point["in_epoch"]["totals"]["seen"] == 9 * 64
+    if "stream=true" in extra:  # the resumed epoch skips batches of a loader, not of a tensor
+        assert isinstance(resumed.data.train, StreamedSplit) and isinstance(whole.data.train, StreamedSplit)
     if "diagnostics.every=4" in extra:  # step-level records before the point are covered
         assert point["records"] == 7 + 1  # probe records at steps 4, 8, ..., 28 and epoch 1
     assert_same_runs(tmp_path, whole, resumed)
