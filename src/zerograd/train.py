@@ -2,6 +2,7 @@
 folder), `fit`, then evaluate on the test split. `train(cfg) -> Run` is the library entry."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from .config import (
     apply,
     check_user_model,
     data_options,
+    dataset_facts,
     model_for,
     validate,
     with_statistics,
@@ -109,6 +111,8 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
            force: bool, resume: bool, changed: tuple[str, ...]) -> Run:
     """`train` with the run folder held: the rest of the checks, then the work."""
     device = par.device
+    if resume and run is not None:
+        cfg = _recorded_statistics(cfg, run)
     point = resume_point(run, cfg, changed) if resume else None
     if point is not None:
         check_resume(point, cfg, par.world_size)
@@ -168,6 +172,23 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
         par.close()
     return Run(cfg=state.cfg, model=model, history=list(history), result=result,
                dir=run.path if run is not None and par.is_main else None, data=data)
+
+
+def _recorded_statistics(cfg: Config, run: RunFolder) -> Config:
+    """On resume, the mean/std the run computed from its own data (config.yaml records them)
+    where cfg leaves them to be computed: the resumed model normalizes as before, and the
+    training images are not read again for them."""
+    if cfg.mean is not None and cfg.std is not None or not run.config_file.is_file():
+        return cfg
+    facts = dataset_facts(cfg)
+    if facts.mean is not None and facts.std is not None:
+        return cfg  # a built-in dataset's constants: nothing was computed
+    try:
+        recorded = run.read_config_dict()
+    except ConfigError:
+        return cfg  # resume_point explains
+    return validate(dataclasses.replace(cfg, mean=cfg.mean or recorded.get("mean"),
+                                        std=cfg.std or recorded.get("std")))
 
 
 def _user_model(cfg: Config, model, resume: bool, run: RunFolder | None) -> tuple[Config, UserModel | None]:
