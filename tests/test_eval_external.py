@@ -316,3 +316,10 @@ def test_hostile_values_of_every_eval_option_with_weights(tmp_path, capsys, monk
                 assert len(captured.err.strip().splitlines()) == 1, (args, captured.err)
             tried += 1
     assert tried > 100
+
+
+def test_results_of_your_own_data_are_named_by_its_folder_or_file():
+    """Not by the whole absolute path the config records."""
+    assert external_results_path("m/w.pt", "folder:/data/sets/my_images", "pgd-50-10", 60).name \
+        == "w.folder-my_images.pgd-50-10-n60.json"
+    assert external_results_path("w.pt", "arrays:../x/faces.npz", "fgsm", 9).name == "w.arrays-faces.fgsm-n9.json"

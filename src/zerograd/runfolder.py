@@ -435,6 +435,9 @@ def external_results_path(weights: str | Path, dataset: str, label: str, n: int,
     write (`zerograd eval --weights`): never inside a run folder's evals/, whose files are the
     run's own results."""
     weights = Path(weights)
+    kind, sep, path = dataset.partition(":")
+    if sep:  # your own data: its folder or file name, not the whole (recorded absolute) path
+        dataset = f"{kind}-{Path(path).stem or 'data'}"
     safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in dataset)
     return weights.with_name(f"{weights.stem}.{safe}.{label}{tag}-n{n}.json")
 
