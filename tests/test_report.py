@@ -10,7 +10,7 @@ import yaml
 
 from zerograd import ConfigError
 from zerograd.cli import main
-from zerograd.report import build_report, co_epoch, collapsed_at_end, read_run, setting_label
+from zerograd.report import build_report, co_epoch, persistent_co_epoch, read_run, setting_label
 from zerograd.reproduce import command_line, plan, reproduce
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -63,7 +63,7 @@ def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
     text = path.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| fgsm_rs alpha=2 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3" and cells[4] == "1/2"
+    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3" and cells[4] == "1/2 (3)"
     assert cells[7] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
     assert cells[9] == "-"  # no AutoAttack result
     zg = next(line for line in text.splitlines() if line.startswith("| zerograd q=0.25 |"))
@@ -163,7 +163,17 @@ def test_co_at_end_tells_a_persistent_collapse_from_a_dip(tmp_path):
                      robust=0.0)
     never = make_run(tmp_path / "never", seed=0, pgd=[0.2, 0.25, 0.3], fgsm=[0.3, 0.35, 0.4], robust=0.3)
     assert [co_epoch(read_run(r)) for r in (dip, stays, never)] == [2, 2, None]
-    assert [collapsed_at_end(read_run(r)) for r in (dip, stays, never)] == [False, True, False]
+    assert [persistent_co_epoch(read_run(r)) for r in (dip, stays, never)] == [None, 2, None]
+
+
+def test_the_onset_of_a_persistent_collapse_is_after_an_early_dip(tmp_path):
+    """A dip flagged at epoch 2 that recovers, then the collapse that stays from epoch 5."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.1, 0.04, 0.12, 0.1, 0.05, 0.0, 0.01],
+                   fgsm=[0.2, 0.2, 0.25, 0.3, 0.3, 0.3, 0.4], robust=0.0)
+    assert co_epoch(read_run(run)) == 2 and persistent_co_epoch(read_run(run)) == 5
+    row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[5].strip() == "1/1 (5)"
 
 
 def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):

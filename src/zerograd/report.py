@@ -91,14 +91,23 @@ def co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
     return None
 
 
-def collapsed_at_end(run: RunRecord, options: GuardOptions | None = None) -> bool:
-    """CO that persists: the detector flags an epoch and the last epoch's validation PGD
-    accuracy is still below `drop` times its best over the run. A flag the run recovers from
-    (a transient dip, or a collapse the guard rolled back) is not CO at the end."""
-    if co_epoch(run, options) is None:
-        return False
-    pgd = [r["val/pgd_acc"] for r in run.epochs if isinstance(r.get("val/pgd_acc"), (int, float))]
-    return bool(pgd) and pgd[-1] < (options or GuardOptions()).drop * max(pgd)
+def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
+    """The onset of a collapse that persists: the first epoch the detector flags from which
+    the validation PGD accuracy stays below (1 - drop) x its best so far up to the last epoch.
+    None for a run without CO, and for one whose every flag it recovered from (a transient
+    dip, or a collapse the guard rolled back)."""
+    opt = options or GuardOptions()
+    det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
+    epochs = [r for r in run.epochs if isinstance(r.get("val/pgd_acc"), (int, float))]
+    flagged = [det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")) for r in epochs]
+    below, best = [], -1.0
+    for r in epochs:
+        best = max(best, r["val/pgd_acc"])
+        below.append(r["val/pgd_acc"] < (1 - opt.drop) * best)
+    for i, flag in enumerate(flagged):
+        if flag and all(below[i:]):
+            return int(epochs[i]["epoch"])
+    return None
 
 
 def setting_label(config: dict) -> str:
@@ -189,11 +198,17 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"| {labels[setting_key(members[0].config)]} | {len(members)} | "
             f"{sum(c is not None for c in cos)}/{len(members)} | "
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
-            f"{sum(collapsed_at_end(r) for r in members)}/{len(members)} | {rollbacks} | "
+            f"{_at_end_cell([persistent_co_epoch(r) for r in members])} | {rollbacks} | "
             f"{mean_std([e['clean_acc'] for e in evals if e])} | "
             f"{mean_std([e['robust_acc'] for e in evals if e])} | {', '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
     return lines
+
+
+def _at_end_cell(onsets: list[int | None]) -> str:
+    """'k/n' runs whose collapse persists, with the epochs it began: '2/3 (14, 17)'."""
+    found = [str(e) for e in onsets if e is not None]
+    return f"{len(found)}/{len(onsets)}" + (f" ({', '.join(found)})" if found else "")
 
 
 def _autoattack_cell(members: list[RunRecord]) -> str:
@@ -418,8 +433,9 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
              ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting). "
              "CO: runs where the catastrophic-overfitting detector (validation PGD accuracy below half its "
              "best while FGSM accuracy holds) fired, logged by the guard or found afterwards in "
-             "`metrics.jsonl`. CO at end: runs whose last validation PGD accuracy is still below half its "
-             "best (a collapse that persists, not a dip the run recovered from or a collapse rolled back). "
+             "`metrics.jsonl`. CO at end: runs whose collapse persists (from a flagged epoch on, validation "
+             "PGD accuracy stays below half its best to the last epoch; not a dip the run recovered from or a "
+             "collapse rolled back), with the epoch it began. "
              "AutoAttack: the standard AutoAttack result (`zerograd eval RUN --attack autoattack`) of the "
              "same checkpoint and images as `eval.json`, where one exists."), ""]
     lines += comparison_table(runs)
