@@ -186,3 +186,15 @@ def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[10].strip() == "25.00 ± 7.07 (2/3)"
+
+
+def test_the_diagnostics_jump_at_the_onset_is_tabled(tmp_path):
+    """make_run's weight_mse is 1e-4 x epoch: at onset 7, epochs 5..7 (largest 7e-4) against
+    epochs 0..4 (largest 4e-4) give 1.75; delta_mse (10 x epoch) the same ratio."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.25, 0.3, 0.3, 0.3, 0.3, 0.01, 0.0],
+                   fgsm=[0.3] * 8, robust=0.0)
+    assert persistent_co_epoch(read_run(run)) == 7
+    text = build_report([run], tmp_path / "rep", gradient_images=0).read_text()
+    assert "| r | 7 | `diag/weight_mse` | 0.0007 | 0.0004 | 1.75 |" in text
+    assert "| r | 7 | `diag/delta_mse` | 70 | 40 | 1.75 |" in text
+    assert "diag/delta_mse/zeroed" not in text  # not measured in this run: no row

@@ -227,6 +227,38 @@ def _attack_name(e: dict) -> str:
     return f"{attack_title(a)}, n={e.get('n')}"
 
 
+JUMP_KEYS = ("diag/weight_mse", "diag/delta_mse", "diag/delta_mse/zeroed", "diag/sign_disagree")
+JUMP_NEAR, JUMP_BEFORE = 2, 5  # epochs CO-2..CO against the five before them
+
+
+def co_jump(run: RunRecord, key: str, onset: int) -> tuple[float, float] | None:
+    """(largest value of `key` over epochs onset-2..onset, largest over the five epochs
+    before); None when either window has no finite value (e.g. CO too early)."""
+    def largest(first: int, last: int) -> float | None:
+        values = [r[key] for r in run.epochs if first <= r.get("epoch", -1) <= last
+                  and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return max(values) if values else None
+
+    near = largest(onset - JUMP_NEAR, onset)
+    before = largest(onset - JUMP_NEAR - JUMP_BEFORE, onset - JUMP_NEAR - 1)
+    return None if near is None or before is None else (near, before)
+
+
+def co_jump_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
+    """Markdown rows: per run with a persistent collapse, each diagnostic's jump at its onset."""
+    lines = ["| run | CO onset | diagnostic | largest near CO | largest before | ratio |", "|---|---|---|---|---|---|"]
+    for r, name in zip(runs, names):
+        onset = persistent_co_epoch(r)
+        if onset is None:
+            continue
+        for key in JUMP_KEYS:
+            pair = co_jump(r, key, onset)
+            if pair is not None:
+                ratio = f"{pair[0] / pair[1]:.2f}" if pair[1] > 0 else "-"
+                lines.append(f"| {name} | {onset} | `{key}` | {pair[0]:.4g} | {pair[1]:.4g} | {ratio} |")
+    return lines
+
+
 def evaluation_rows(runs: list[RunRecord]) -> list[str]:
     lines = ["| run | file | checkpoint | attack | n | clean % | robust % |", "|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -442,6 +474,13 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
         lines += ["", f"![validation PGD accuracy of every run]({PLOTS}/overview.png)"]
+    jumps = co_jump_rows(runs, names)
+    if len(jumps) > 2:
+        lines += ["", "## The diagnostics at the onset of CO", "",
+                  ("For each run whose collapse persists (onset epoch CO): each diagnostic's largest value "
+                   f"over epochs CO-{JUMP_NEAR}..CO, its largest over the {JUMP_BEFORE} epochs before "
+                   f"(CO-{JUMP_NEAR + JUMP_BEFORE}..CO-{JUMP_NEAR + 1}), and their ratio (the jump of the "
+                   "paper's Figs. 1-2 shows as a large ratio)."), ""] + jumps
     lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
     lines += ["", "## Runs", ""]
     for r, name in zip(runs, names):
