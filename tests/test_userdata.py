@@ -16,7 +16,7 @@ from zerograd.data import Split, StreamedSplit, _draw_resized, _resized_crop, ba
 from zerograd.files import read_yaml
 from zerograd.runtime import epoch_generator
 from zerograd.training.distributed import Parallel
-from zerograd.userdata import parse_bytes
+from zerograd.userdata import canonical, inspect, parse_bytes
 
 TINY = ["epochs=2", "batch_size=16", "val_size=8", "test_restarts=1", "test_pgd_steps=2",
         "val_pgd_steps=2", "lr_max=0.05", "model_args.width=4"]
@@ -319,3 +319,17 @@ def test_two_processes_streaming_their_shards_match_two_in_memory(tmp_path):
     assert records(tmp_path / "streamed") == records(tmp_path / "memory")
     a, b = weights(tmp_path / "streamed"), weights(tmp_path / "memory")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path):
+    """macOS copies leave .DS_Store and ._name.png resource forks (not images) beside the
+    pictures; Jupyter leaves .ipynb_checkpoints. None is a class or an image."""
+    root = make_folder(tmp_path / "imgs")
+    for split in ("train", "test"):
+        (root / split / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        (root / split / "c0" / "._img000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(hidden / "x.png")
+    facts = inspect(canonical(f"folder:{root}"))
+    assert facts.classes == ("c0", "c1", "c2") and facts.sizes == {"train": 48, "test": 12}

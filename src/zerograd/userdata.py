@@ -265,8 +265,15 @@ def _stamp(path: Path) -> tuple:
     return tuple(stamps)
 
 
+def _hidden(p: Path) -> bool:
+    """Names starting with '.' (macOS's .DS_Store and ._name.png resource forks, an editor's
+    .ipynb_checkpoints) are never images or classes, as in `ls`."""
+    return p.name.startswith(".")
+
+
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in EXTENSIONS and not _hidden(p) and p.is_file())
 
 
 def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
@@ -275,7 +282,7 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
     if not train.is_dir():
         raise ConfigError(f"dataset folder {root} has no train folder: expected {FOLDER_FORM} "
                           f"(PATH = {root})")
-    per_class = {d.name: _images(d) for d in sorted(train.iterdir()) if d.is_dir()}
+    per_class = {d.name: _images(d) for d in sorted(train.iterdir()) if d.is_dir() and not _hidden(d)}
     classes = tuple(c for c, files in per_class.items() if files)
     if not classes:
         raise ConfigError(f"dataset folder {root} has no images under {train}: expected "
@@ -293,7 +300,7 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
             continue
         files, labels = [], []
         for d in sorted(folder.iterdir()):
-            if not d.is_dir():
+            if not d.is_dir() or _hidden(d):
                 continue
             found = _images(d)
             if found and d.name not in classes:
