@@ -16,7 +16,7 @@ from zerograd.data import Split, StreamedSplit, _draw_resized, _resized_crop, ba
 from zerograd.files import read_yaml
 from zerograd.runtime import epoch_generator
 from zerograd.training.distributed import Parallel
-from zerograd.userdata import canonical, inspect, parse_bytes
+from zerograd.userdata import _inspected, canonical, inspect, parse_bytes
 
 TINY = ["epochs=2", "batch_size=16", "val_size=8", "test_restarts=1", "test_pgd_steps=2",
         "val_pgd_steps=2", "lr_max=0.05", "model_args.width=4"]
@@ -333,3 +333,20 @@ def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path):
         Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(hidden / "x.png")
     facts = inspect(canonical(f"folder:{root}"))
     assert facts.classes == ("c0", "c1", "c2") and facts.sizes == {"train": 48, "test": 12}
+
+
+def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
+    """As torchvision's ImageFolder: train/c0/2019/x.png is a c0 image, not silently dropped
+    (half a class lost would train and report on less data than the user has)."""
+    root = make_folder(tmp_path / "imgs")
+    for split in ("train", "test"):
+        for c in ("c0", "c1", "c2"):
+            nested = root / split / c / "more" / "deeper"
+            nested.mkdir(parents=True)
+            for f in sorted((root / split / c).glob("*.png"))[::2]:
+                f.rename(nested / f.name)
+    facts = inspect(canonical(f"folder:{root}"))
+    assert facts.classes == ("c0", "c1", "c2") and facts.sizes == {"train": 48, "test": 12}
+    _, splits, _ = _inspected(canonical(f"folder:{root}"), None)
+    files, labels = splits["train"]
+    assert all(f"/c{y}/" in f for f, y in zip(files, labels)) and any("/deeper/" in f for f in files)

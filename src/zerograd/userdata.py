@@ -272,8 +272,19 @@ def _hidden(p: Path) -> bool:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() in EXTENSIONS and not _hidden(p) and p.is_file())
+    """A class folder's images, in its sub-folders too (as torchvision's ImageFolder: images
+    sorted into train/cat/2019/ are cats, not silently left out), symlinks followed once."""
+    found, seen = [], set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:  # a symlink loop
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [p for p in map(Path(top).joinpath, names)
+                  if p.suffix.lower() in EXTENSIONS and not _hidden(p) and p.is_file()]
+    return sorted(found)
 
 
 def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
