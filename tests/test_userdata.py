@@ -14,9 +14,12 @@ from zerograd import ConfigError, load_config, train
 from zerograd.config import augmentation, validate
 from zerograd.data import Split, StreamedSplit, _draw_resized, _resized_crop, batches, load_data
 from zerograd.files import read_yaml
+from zerograd.runfolder import resume_config
 from zerograd.runtime import epoch_generator
 from zerograd.training.distributed import Parallel
-from zerograd.userdata import _inspected, canonical, inspect, parse_bytes
+from zerograd.userdata import _inspected, canonical, fingerprint, inspect, parse_bytes
+
+from .conftest import Crash, CrashAt
 
 TINY = ["epochs=2", "batch_size=16", "val_size=8", "test_restarts=1", "test_pgd_steps=2",
         "val_pgd_steps=2", "lr_max=0.05", "model_args.width=4"]
@@ -350,3 +353,35 @@ def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
     _, splits, _ = _inspected(canonical(f"folder:{root}"), None)
     files, labels = splits["train"]
     assert all(f"/c{y}/" in f for f, y in zip(files, labels)) and any("/deeper/" in f for f in files)
+
+
+def test_resuming_on_a_changed_folder_is_refused_and_on_the_same_one_continues(tmp_path):
+    """An image removed between the crash and --resume shifts the validation carve and every
+    epoch's order: the resumed run would silently be another run. Refused in one line, before
+    any file of the run changes; with the image back, the run resumes."""
+    root = make_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(config(f"folder:{root}"), out, quiet=True, callbacks=[CrashAt(3)])
+    gone = root / "train" / "c2" / "img005.png"
+    kept = gone.read_bytes()
+    gone.unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"changed since the run started \(images train 48 -> 47, "
+                                          r"test 12 -> 12; ") as e:
+        train(resume_config(out)[0], out, quiet=True, resume=True)
+    assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    gone.write_bytes(kept)
+    assert train(resume_config(out)[0], out, quiet=True, resume=True).result["n"] == 12
+
+
+def test_an_npz_fingerprint_sees_changed_pixels_of_the_same_shape(tmp_path):
+    """From the zip directory's CRC-32s: no array is read, and a relabelled or edited .npz
+    (same shapes, same size) is still another fingerprint."""
+    path = make_npz(tmp_path / "a.npz")
+    first = fingerprint(f"arrays:{path}")
+    assert first["images"] == {"train": 48, "test": 12}
+    assert fingerprint(f"arrays:{path}") == first
+    make_npz(path, y_train=(np.arange(48) + 1) % 3)
+    assert fingerprint(f"arrays:{path}")["fingerprint"] != first["fingerprint"]

@@ -15,6 +15,7 @@ Nothing here draws a random number: the order and the augmentation stay in `data
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
@@ -29,7 +30,7 @@ from PIL import Image
 from .errors import ConfigError
 
 __all__ = ["ARRAYS", "FOLDER", "ArraySource", "FileSource", "Subset", "UserData", "canonical",
-           "device_budget", "inspect", "is_user_data", "open_splits", "parse_bytes", "stream"]
+           "device_budget", "fingerprint", "inspect", "is_user_data", "open_splits", "parse_bytes", "stream"]
 
 FOLDER = "folder:"
 ARRAYS = "arrays:"
@@ -348,6 +349,32 @@ def _inspect_folder(root: Path, image_size) -> tuple[UserData, dict, str]:
     facts = UserData(len(classes), (1 if mode == "L" else 3, *hw), classes,
                      {k: len(v[0]) for k, v in splits.items()})
     return facts, splits, mode
+
+
+def fingerprint(name: str) -> dict:
+    """What a run records of its data, to refuse resuming on other data (a changed folder
+    shifts every index: the validation carve, the epoch order, a mid-epoch position).
+    Cheap, never cached, no image decoded: a folder's file names (relative) and sizes, an
+    .npz's member names, sizes and CRC-32s (from the zip directory). A file rewritten in
+    place with the same size is not seen."""
+    path = Path(name.split(":", 1)[1])
+    h = hashlib.sha256()
+    if name.startswith(FOLDER):
+        classes, splits = _list_folder(path)
+        h.update(repr(classes).encode())
+        for split, (files, labels) in splits.items():
+            for f, y in zip(files, labels):
+                h.update(f"{split}\0{os.path.relpath(f, path)}\0{int(y)}\0{os.stat(f).st_size}\n".encode())
+        images = {split: len(files) for split, (files, _) in splits.items()}
+    else:
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = sorted((i.filename, i.file_size, i.CRC) for i in z.infolist())
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ConfigError(f"cannot read {path} as a .npz of arrays: {_one_line(e)}") from None
+        h.update(repr(members).encode())
+        images = dict(inspect(name).sizes)
+    return {"fingerprint": h.hexdigest()[:16], "images": images}
 
 
 # .npz members: required, then optional
