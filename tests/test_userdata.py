@@ -385,3 +385,13 @@ def test_an_npz_fingerprint_sees_changed_pixels_of_the_same_shape(tmp_path):
     assert fingerprint(f"arrays:{path}") == first
     make_npz(path, y_train=(np.arange(48) + 1) % 3)
     assert fingerprint(f"arrays:{path}")["fingerprint"] != first["fingerprint"]
+
+
+def test_an_image_added_in_a_class_sub_folder_is_seen_by_the_next_inspection(tmp_path):
+    """The inspection cache is keyed by folder times: a class's sub-folders count too."""
+    root = make_folder(tmp_path / "imgs")
+    (root / "train" / "c1" / "more").mkdir()
+    name = canonical(f"folder:{root}")
+    assert inspect(name).sizes["train"] == 48
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "train" / "c1" / "more" / "x.png")
+    assert inspect(name).sizes["train"] == 49

@@ -260,9 +260,8 @@ def _stamp(path: Path) -> tuple:
     stamps = []
     for split in ("train", "val", "test"):
         folder = path / split
-        if folder.is_dir():
-            stamps.append((split, folder.stat().st_mtime_ns,
-                           tuple((d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()))))
+        if folder.is_dir():  # every folder's time: images may sit in a class's sub-folders
+            stamps += [(top, os.stat(top).st_mtime_ns) for top, _ in _walk(folder)]
     return tuple(stamps)
 
 
@@ -272,17 +271,25 @@ def _hidden(p: Path) -> bool:
     return p.name.startswith(".")
 
 
-def _images(folder: Path) -> list[Path]:
-    """A class folder's images, in its sub-folders too (as torchvision's ImageFolder: images
-    sorted into train/cat/2019/ are cats, not silently left out), symlinks followed once."""
-    found, seen = [], set()
+def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) for `folder` and every sub-folder not hidden, symlinks followed
+    once (a link back up would otherwise loop forever)."""
+    seen = set()
     for top, dirs, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
-        if real in seen:  # a symlink loop
+        if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield top, names
+
+
+def _images(folder: Path) -> list[Path]:
+    """A class folder's images, in its sub-folders too (as torchvision's ImageFolder: images
+    sorted into train/cat/2019/ are cats, not silently left out)."""
+    found = []
+    for top, names in _walk(folder):
         found += [p for p in map(Path(top).joinpath, names)
                   if p.suffix.lower() in EXTENSIONS and not _hidden(p) and p.is_file()]
     return sorted(found)
