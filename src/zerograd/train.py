@@ -192,7 +192,7 @@ def _check_same_data(cfg: Config, run: RunFolder, now: dict | None) -> None:
         return
     counts = ", ".join(f"{k} {recorded.get('images', {}).get(k, '?')} -> {v}" for k, v in now["images"].items())
     raise ConfigError(f"--resume {str(run.path)!r}: dataset {cfg.dataset} changed since the run started "
-                      f"(images {counts}; a file added, removed, renamed or resized); restore it, "
+                      f"(images {counts}; an image added, removed or renamed); restore it, "
                       "or start a new run")
 
 

@@ -361,9 +361,10 @@ def _inspect_folder(root: Path, image_size) -> tuple[UserData, dict, str]:
 def fingerprint(name: str) -> dict:
     """What a run records of its data, to refuse resuming on other data (a changed folder
     shifts every index: the validation carve, the epoch order, a mid-epoch position).
-    Cheap, never cached, no image decoded: a folder's file names (relative) and sizes, an
-    .npz's member names, sizes and CRC-32s (from the zip directory). A file rewritten in
-    place with the same size is not seen."""
+    Cheap, never cached, nothing decoded: a folder's listing (classes, each image's path
+    relative to it, its label), an .npz's member names, sizes and CRC-32s (from the zip
+    directory). An image replaced under the same name is not seen, on purpose: a corrupt
+    image a streamed epoch stopped at can be replaced by a good copy and the run resumed."""
     path = Path(name.split(":", 1)[1])
     h = hashlib.sha256()
     if name.startswith(FOLDER):
@@ -371,7 +372,7 @@ def fingerprint(name: str) -> dict:
         h.update(repr(classes).encode())
         for split, (files, labels) in splits.items():
             for f, y in zip(files, labels):
-                h.update(f"{split}\0{os.path.relpath(f, path)}\0{int(y)}\0{os.stat(f).st_size}\n".encode())
+                h.update(f"{split}\0{os.path.relpath(f, path)}\0{int(y)}\n".encode())
         images = {split: len(files) for split, (files, _) in splits.items()}
     else:
         try:
