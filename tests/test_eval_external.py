@@ -97,6 +97,7 @@ def test_every_weights_format_gives_the_independent_clean_accuracy(tmp_path, spe
     state = net.state_dict()
     files = {"plain.safetensors": None, "plain.pt": state, "wrapped.pth": {"state_dict": state},
              "entry.pt": {"model": state, "epoch": 3},
+             "recipe.pt": {"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {}, "loss": 0.1},
              "parallel.pt": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}
     results = []
     for name, content in files.items():
