@@ -301,6 +301,8 @@ def _folder(kind: str):
             Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "test" / "zebra" / "z.png")
         if kind == "BADIMAGE":
             (root / "train" / "c0" / "junk.jpg").write_bytes(b"not an image")
+        if kind == "DEEPIMAGE":
+            Image.fromarray(np.full((12, 12), 40000, np.uint16)).save(root / "train" / "c0" / "deep.png")
         if kind == "MIXEDSIZES":
             Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(root / "test" / "c1" / "small.png")
         return root
@@ -326,7 +328,8 @@ LAZY = {  # placeholders made only for the rows that use them
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked, "CHANGEDDATA": _changed_data,
-    **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES")},
+    **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
+                                      "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,

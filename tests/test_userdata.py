@@ -244,6 +244,10 @@ def _bad_case(tmp: Path, case: str):
         return _truncated(tmp / "cor"), [], r"cannot read image .*img004.png: "
     if case == "corrupt streamed":
         return _truncated(tmp / "cor"), ["stream=true", "loader_workers=1"], r"cannot read image .*img004.png: "
+    if case == "16-bit":
+        root = make_folder(tmp / "deep")
+        Image.fromarray(np.full((12, 12), 40000, np.uint16)).save(root / "train" / "c2" / "deep.png")
+        return f"folder:{root}", [], r"image .*deep.png has 16-bit pixels \(mode I;16\), which would be clipped"
     if case == "mixed sizes":
         root = make_folder(tmp / "mix")
         Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(root / "test" / "c1" / "small.png")
@@ -273,7 +277,7 @@ def _bad_case(tmp: Path, case: str):
 
 
 @pytest.mark.parametrize("case", ["missing", "no images", "one class", "no test", "unknown class",
-                                  "unreadable", "corrupt", "corrupt streamed", "mixed sizes",
+                                  "unreadable", "corrupt", "corrupt streamed", "16-bit", "mixed sizes",
                                   "image_size on npz", "npz labels", "npz key", "npz dtype",
                                   "npz float labels", "npz ambiguous", "npz pickle"])
 def test_bad_data_is_one_line_before_any_work(tmp_path, case):

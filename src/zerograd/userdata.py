@@ -36,6 +36,7 @@ FOLDER = "folder:"
 ARRAYS = "arrays:"
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L")  # folders of only these decode as one channel (L); anything else as RGB
+DEEP_MODES = ("I", "F")  # and "I;16...": more than 8 bits, which converting to L/RGB clips at 255
 FOLDER_FORM = "PATH/train/<class>/*.png|jpg|jpeg and PATH/test/<class>/..."
 
 
@@ -344,6 +345,10 @@ def _inspect_folder(root: Path, image_size) -> tuple[UserData, dict, str]:
                     size, mode = im.size, im.mode
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 raise ConfigError(f"cannot read image {f}: {_one_line(e)}") from None
+            if mode in DEEP_MODES or mode.startswith("I;"):
+                raise ConfigError(f"image {f} has {'16-bit' if '16' in mode else '32-bit'} pixels "
+                                  f"(mode {mode}), which would be clipped to white at 255: convert "
+                                  "it to 8 bits per channel (L or RGB) first")
             modes.add(mode)
             if first is None:
                 first = (f, size)
