@@ -345,6 +345,9 @@ def test_image_size_lets_weights_be_evaluated_on_a_folder_of_mixed_sizes(tmp_pat
     assert "images differ in size" in capsys.readouterr().err
     assert main([*argv, "--image-size", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["results_file"].endswith("w.folder-imgs.pgd-1-1-8x8px-n4.json")
+    assert main([*argv, "--image-size", "8", "--normalize", "dataset"]) == 2
+    assert re.search(r"--normalize dataset: folder:.*imgs has no built-in mean/std \(a run computes them "
+                     r"from its training split\); give --mean M... --std S... instead\n$", capsys.readouterr().err)
     assert main([*argv, "--image-size", "8", "8", "8"]) == 2
     assert capsys.readouterr().err == ("zerograd: error: --image-size 8 8 8: give one size (square) or "
                                        "two (height width)\n")

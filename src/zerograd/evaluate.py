@@ -172,7 +172,11 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     if user is None and is_user_model(cfg.model):
         user = user_model(cfg.model)  # the spec given on this command line: imported only now
     normalized = normalize == "dataset" or mean is not None
-    channels = dataset_facts(cfg).shape[0]
+    info = dataset_facts(cfg)
+    if normalize == "dataset" and (info.mean is None or info.std is None):
+        raise ConfigError(f"--normalize dataset: {cfg.dataset} has no built-in mean/std (a run "
+                          "computes them from its training split); give --mean M... --std S... instead")
+    channels = info.shape[0]
     mean, std = normalization(cfg) if normalized else ([0.0] * channels, [1.0] * channels)
     net = model_for(dataclasses.replace(cfg, mean=mean, std=std), user)  # Normalize(0, 1): identity
     what = f"model {cfg.model!r}"
