@@ -176,3 +176,17 @@ def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[10].strip() == "25.00 ± 7.07 (2/3)"
+
+
+def test_the_recorded_data_fingerprint_is_a_fact_not_a_setting():
+    """config.yaml's `data:` (your own data's fingerprint, per run) neither splits seeds into
+    settings nor shows in labels, like `environment`."""
+    from zerograd.report import distinct_labels, setting_key
+
+    base = {"method": "zerograd", "method_args": {}, "dataset": "folder:/d/a", "seed": 0,
+            "data": {"fingerprint": "0123", "images": {"train": 9, "test": 3}}}
+    other = {**base, "dataset": "folder:/d/b", "data": {"fingerprint": "4567", "images": {"train": 9, "test": 3}}}
+    configs = [base, {**base, "seed": 1}, other]
+    labels = distinct_labels(configs)
+    assert setting_key(configs[0]) == setting_key(configs[1]) and len(labels) == 2
+    assert labels[setting_key(other)] == "zerograd · dataset=folder:/d/b"
