@@ -322,7 +322,7 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
         for d in sorted(folder.iterdir()):
             if not d.is_dir() or _hidden(d):
                 continue
-            found = _images(d)
+            found = per_class[d.name] if split == "train" else _images(d)  # train: listed above
             if found and d.name not in classes:
                 raise ConfigError(f"dataset folder {root}: {split}/{d.name} is not a class of "
                                   f"train ({', '.join(classes)})")
