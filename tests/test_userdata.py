@@ -376,6 +376,11 @@ def test_resuming_on_a_changed_folder_is_refused_and_on_the_same_one_continues(t
         train(resume_config(out)[0], out, quiet=True, resume=True)
     assert "\n" not in str(e.value)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("  images:\n", "  images: [1]\n  was:\n"))
+    with pytest.raises(ConfigError, match=r"\(images train \? -> 47, test \? -> 12; "):
+        train(resume_config(out)[0], out, quiet=True, resume=True)  # a hand-edited record: still one line
+    (out / "config.yaml").write_text(text)
     gone.write_bytes(kept)
     assert train(resume_config(out)[0], out, quiet=True, resume=True).result["n"] == 12
 

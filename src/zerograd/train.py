@@ -190,7 +190,8 @@ def _check_same_data(cfg: Config, run: RunFolder, now: dict | None) -> None:
         return  # resume_point explains
     if not isinstance(recorded, dict) or recorded.get("fingerprint") in (None, now["fingerprint"]):
         return
-    counts = ", ".join(f"{k} {recorded.get('images', {}).get(k, '?')} -> {v}" for k, v in now["images"].items())
+    before = recorded.get("images") if isinstance(recorded.get("images"), dict) else {}  # hand edits
+    counts = ", ".join(f"{k} {before.get(k, '?')} -> {v}" for k, v in now["images"].items())
     raise ConfigError(f"--resume {str(run.path)!r}: dataset {cfg.dataset} changed since the run started "
                       f"(images {counts}; an image added, removed or renamed); restore it, "
                       "or start a new run")
