@@ -114,3 +114,13 @@ def test_augmentation_keys_follow_the_dataset_default():
     cfg = load_config("quickstart", ["augment=true", "pad_mode=reflect", "flip=false", "rotate=15"])
     assert augmentation(cfg) == {"augment": True, "pad_mode": "reflect", "flip": False, "rotate": 15.0,
                                  "crop": "pad"}
+
+
+def test_a_text_key_given_yaml_mapping_syntax_keeps_the_text():
+    """`--set dataset=folder:` (no path yet) or `dataset=folder: my images` parse as YAML
+    mappings; a text key takes the text, so the message names the path, not a dict."""
+    assert parse_override("dataset=folder:") == {"dataset": "folder:"}
+    assert parse_override("dataset=folder: my images") == {"dataset": "folder: my images"}
+    assert parse_override("method_args=q: 0.3") == {"method_args": {"q": 0.3}}
+    with pytest.raises(ConfigError, match=r"^dataset='folder:': no such folder ''; expected folder:PATH"):
+        load_config("quickstart", ["dataset=folder:"])

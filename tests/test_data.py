@@ -128,7 +128,7 @@ def test_load_data_uses_the_split_indices():
         ({"val_size": -1}, ["-1"]),
         ({"val_size": 1000, "train_subset": 0}, ["train_subset 0"]),
         ({"val_size": 1000, "train_subset": 438}, ["train_subset 438", "437"]),
-        ({"test_subset": 361}, ["test_subset 361", "360"]),
+        ({"test_subset": 361}, ["test_subset 361 (test_n, or eval's --n) exceeds the 360 test images"]),
         ({"test_subset": 0}, ["test_subset 0"]),
     ],
 )

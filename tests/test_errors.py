@@ -219,6 +219,21 @@ def _locked(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _changed_data(tmp: Path, run: Path, p: dict) -> Path:
+    """An unfinished run on a folder of images (CHANGEDIMAGES) that has lost a training image
+    since the run started: config.yaml records 7 training images, the folder holds 6."""
+    from tests.test_userdata import make_folder
+
+    folder = _copy(p["UNFINISHED"], tmp / "changeddata")
+    p["CHANGEDIMAGES"] = make_folder(tmp / "changedimages", n=6, mode="L")
+    text = (folder / "config.yaml").read_text()
+    assert text.startswith("dataset: digits\n")
+    text = text.replace("dataset: digits\n", f"dataset: folder:{p['CHANGEDIMAGES']}\n", 1)
+    text += "data:\n  fingerprint: 0123456789abcdef\n  images: {train: 7, test: 3}\n"
+    (folder / "config.yaml").write_text(text)
+    return folder
+
+
 def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -286,6 +301,8 @@ def _folder(kind: str):
             Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "test" / "zebra" / "z.png")
         if kind == "BADIMAGE":
             (root / "train" / "c0" / "junk.jpg").write_bytes(b"not an image")
+        if kind == "DEEPIMAGE":
+            Image.fromarray(np.full((12, 12), 40000, np.uint16)).save(root / "train" / "c0" / "deep.png")
         if kind == "MIXEDSIZES":
             Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(root / "test" / "c1" / "small.png")
         return root
@@ -310,8 +327,9 @@ LAZY = {  # placeholders made only for the rows that use them
     "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
-    "LOCKED": _locked,
-    **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES")},
+    "LOCKED": _locked, "CHANGEDDATA": _changed_data,
+    **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
+                                      "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},
     "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,

@@ -97,6 +97,7 @@ def test_every_weights_format_gives_the_independent_clean_accuracy(tmp_path, spe
     state = net.state_dict()
     files = {"plain.safetensors": None, "plain.pt": state, "wrapped.pth": {"state_dict": state},
              "entry.pt": {"model": state, "epoch": 3},
+             "recipe.pt": {"epoch": 3, "model_state_dict": state, "optimizer_state_dict": {}, "loss": 0.1},
              "parallel.pt": {"state_dict": {f"module.{k}": v for k, v in state.items()}}}
     results = []
     for name, content in files.items():
@@ -323,3 +324,30 @@ def test_results_of_your_own_data_are_named_by_its_folder_or_file():
     assert external_results_path("m/w.pt", "folder:/data/sets/my_images", "pgd-50-10", 60).name \
         == "w.folder-my_images.pgd-50-10-n60.json"
     assert external_results_path("w.pt", "arrays:../x/faces.npz", "fgsm", 9).name == "w.arrays-faces.fgsm-n9.json"
+
+
+def test_image_size_lets_weights_be_evaluated_on_a_folder_of_mixed_sizes(tmp_path, capsys, monkeypatch):
+    """A folder of mixed sizes needs image_size (as in training); eval --weights takes it as
+    --image-size, and the size tags the results file (two sizes, two files)."""
+    import numpy as np
+    from PIL import Image
+
+    from .test_userdata import make_folder
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.py").write_text(NET)
+    root = make_folder(tmp_path / "imgs", n=24, size=(8, 8))
+    Image.fromarray(np.zeros((11, 9, 3), np.uint8)).save(root / "test" / "c1" / "big.png")
+    torch.save(runpy.run_path("net.py")["make"](3, 3).state_dict(), "w.pt")
+    argv = ["eval", "--model", "net.py:make", "--weights", "w.pt", "--dataset", f"folder:{root}",
+            "--n", "4", "--steps", "1", "--restarts", "1", "--no-checks", "--quiet", "--json"]
+    assert main(argv) == 2
+    assert "images differ in size" in capsys.readouterr().err
+    assert main([*argv, "--image-size", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["results_file"].endswith("w.folder-imgs.pgd-1-1-8x8px-n4.json")
+    assert main([*argv, "--image-size", "8", "--normalize", "dataset"]) == 2
+    assert re.search(r"--normalize dataset: folder:.*imgs has no built-in mean/std \(a run computes them "
+                     r"from its training split\); give --mean M... --std S... instead\n$", capsys.readouterr().err)
+    assert main([*argv, "--image-size", "8", "8", "8"]) == 2
+    assert capsys.readouterr().err == ("zerograd: error: --image-size 8 8 8: give one size (square) or "
+                                       "two (height width)\n")

@@ -198,3 +198,17 @@ def test_the_diagnostics_jump_at_the_onset_is_tabled(tmp_path):
     assert "| r | 7 | `diag/weight_mse` | 0.0007 | 0.0004 | 1.75 |" in text
     assert "| r | 7 | `diag/delta_mse` | 70 | 40 | 1.75 |" in text
     assert "diag/delta_mse/zeroed" not in text  # not measured in this run: no row
+
+
+def test_the_recorded_data_fingerprint_is_a_fact_not_a_setting():
+    """config.yaml's `data:` (your own data's fingerprint, per run) neither splits seeds into
+    settings nor shows in labels, like `environment`."""
+    from zerograd.report import distinct_labels, setting_key
+
+    base = {"method": "zerograd", "method_args": {}, "dataset": "folder:/d/a", "seed": 0,
+            "data": {"fingerprint": "0123", "images": {"train": 9, "test": 3}}}
+    other = {**base, "dataset": "folder:/d/b", "data": {"fingerprint": "4567", "images": {"train": 9, "test": 3}}}
+    configs = [base, {**base, "seed": 1}, other]
+    labels = distinct_labels(configs)
+    assert setting_key(configs[0]) == setting_key(configs[1]) and len(labels) == 2
+    assert labels[setting_key(other)] == "zerograd · dataset=folder:/d/b"

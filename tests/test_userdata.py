@@ -14,9 +14,12 @@ from zerograd import ConfigError, load_config, train
 from zerograd.config import augmentation, validate
 from zerograd.data import Split, StreamedSplit, _draw_resized, _resized_crop, batches, load_data
 from zerograd.files import read_yaml
+from zerograd.runfolder import resume_config
 from zerograd.runtime import epoch_generator
 from zerograd.training.distributed import Parallel
-from zerograd.userdata import parse_bytes
+from zerograd.userdata import _inspected, canonical, fingerprint, inspect, parse_bytes
+
+from .conftest import Crash, CrashAt
 
 TINY = ["epochs=2", "batch_size=16", "val_size=8", "test_restarts=1", "test_pgd_steps=2",
         "val_pgd_steps=2", "lr_max=0.05", "model_args.width=4"]
@@ -241,6 +244,10 @@ def _bad_case(tmp: Path, case: str):
         return _truncated(tmp / "cor"), [], r"cannot read image .*img004.png: "
     if case == "corrupt streamed":
         return _truncated(tmp / "cor"), ["stream=true", "loader_workers=1"], r"cannot read image .*img004.png: "
+    if case == "16-bit":
+        root = make_folder(tmp / "deep")
+        Image.fromarray(np.full((12, 12), 40000, np.uint16)).save(root / "train" / "c2" / "deep.png")
+        return f"folder:{root}", [], r"image .*deep.png has 16-bit pixels \(mode I;16\), which would be clipped"
     if case == "mixed sizes":
         root = make_folder(tmp / "mix")
         Image.fromarray(np.zeros((9, 12, 3), np.uint8)).save(root / "test" / "c1" / "small.png")
@@ -270,7 +277,7 @@ def _bad_case(tmp: Path, case: str):
 
 
 @pytest.mark.parametrize("case", ["missing", "no images", "one class", "no test", "unknown class",
-                                  "unreadable", "corrupt", "corrupt streamed", "mixed sizes",
+                                  "unreadable", "corrupt", "corrupt streamed", "16-bit", "mixed sizes",
                                   "image_size on npz", "npz labels", "npz key", "npz dtype",
                                   "npz float labels", "npz ambiguous", "npz pickle"])
 def test_bad_data_is_one_line_before_any_work(tmp_path, case):
@@ -319,3 +326,81 @@ def test_two_processes_streaming_their_shards_match_two_in_memory(tmp_path):
     assert records(tmp_path / "streamed") == records(tmp_path / "memory")
     a, b = weights(tmp_path / "streamed"), weights(tmp_path / "memory")
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_hidden_files_and_folders_are_not_images_or_classes(tmp_path):
+    """macOS copies leave .DS_Store and ._name.png resource forks (not images) beside the
+    pictures; Jupyter leaves .ipynb_checkpoints. None is a class or an image."""
+    root = make_folder(tmp_path / "imgs")
+    for split in ("train", "test"):
+        (root / split / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+        (root / split / "c0" / "._img000.png").write_bytes(b"\x00\x05\x16\x07 resource fork")
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(hidden / "x.png")
+    facts = inspect(canonical(f"folder:{root}"))
+    assert facts.classes == ("c0", "c1", "c2") and facts.sizes == {"train": 48, "test": 12}
+
+
+def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
+    """As torchvision's ImageFolder: train/c0/2019/x.png is a c0 image, not silently dropped
+    (half a class lost would train and report on less data than the user has)."""
+    root = make_folder(tmp_path / "imgs")
+    for split in ("train", "test"):
+        for c in ("c0", "c1", "c2"):
+            nested = root / split / c / "more" / "deeper"
+            nested.mkdir(parents=True)
+            for f in sorted((root / split / c).glob("*.png"))[::2]:
+                f.rename(nested / f.name)
+    facts = inspect(canonical(f"folder:{root}"))
+    assert facts.classes == ("c0", "c1", "c2") and facts.sizes == {"train": 48, "test": 12}
+    _, splits, _ = _inspected(canonical(f"folder:{root}"), None)
+    files, labels = splits["train"]
+    assert all(f"/c{y}/" in f for f, y in zip(files, labels)) and any("/deeper/" in f for f in files)
+
+
+def test_resuming_on_a_changed_folder_is_refused_and_on_the_same_one_continues(tmp_path):
+    """An image removed between the crash and --resume shifts the validation carve and every
+    epoch's order: the resumed run would silently be another run. Refused in one line, before
+    any file of the run changes; with the image back, the run resumes."""
+    root = make_folder(tmp_path / "imgs")
+    out = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(config(f"folder:{root}"), out, quiet=True, callbacks=[CrashAt(3)])
+    gone = root / "train" / "c2" / "img005.png"
+    kept = gone.read_bytes()
+    gone.unlink()
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigError, match=r"changed since the run started \(images train 48 -> 47, "
+                                          r"test 12 -> 12; ") as e:
+        train(resume_config(out)[0], out, quiet=True, resume=True)
+    assert "\n" not in str(e.value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    text = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(text.replace("  images:\n", "  images: [1]\n  was:\n"))
+    with pytest.raises(ConfigError, match=r"\(images train \? -> 47, test \? -> 12; "):
+        train(resume_config(out)[0], out, quiet=True, resume=True)  # a hand-edited record: still one line
+    (out / "config.yaml").write_text(text)
+    gone.write_bytes(kept)
+    assert train(resume_config(out)[0], out, quiet=True, resume=True).result["n"] == 12
+
+
+def test_an_npz_fingerprint_sees_changed_pixels_of_the_same_shape(tmp_path):
+    """From the zip directory's CRC-32s: no array is read, and a relabelled or edited .npz
+    (same shapes, same size) is still another fingerprint."""
+    path = make_npz(tmp_path / "a.npz")
+    first = fingerprint(f"arrays:{path}")
+    assert first["images"] == {"train": 48, "test": 12}
+    assert fingerprint(f"arrays:{path}") == first
+    make_npz(path, y_train=(np.arange(48) + 1) % 3)
+    assert fingerprint(f"arrays:{path}")["fingerprint"] != first["fingerprint"]
+
+
+def test_an_image_added_in_a_class_sub_folder_is_seen_by_the_next_inspection(tmp_path):
+    """The inspection cache is keyed by folder times: a class's sub-folders count too."""
+    root = make_folder(tmp_path / "imgs")
+    (root / "train" / "c1" / "more").mkdir()
+    name = canonical(f"folder:{root}")
+    assert inspect(name).sizes["train"] == 48
+    Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(root / "train" / "c1" / "more" / "x.png")
+    assert inspect(name).sizes["train"] == 49

@@ -29,7 +29,9 @@ from .files import atomic_write
 
 DIGEST = "sha256"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
-STATE_DICT_ENTRIES = ("state_dict", "model")  # where a .pt file may hold its state_dict
+# where a .pt file may hold its state_dict: most trainers; zerograd's checkpoints; the
+# "saving a general checkpoint" recipe of PyTorch's tutorials
+STATE_DICT_ENTRIES = ("state_dict", "model", "model_state_dict")
 PARALLEL_PREFIX = "module."  # what (Distributed)DataParallel puts before every key
 
 
@@ -119,7 +121,8 @@ def _first(e: Exception) -> str:
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state_dict from a weights file made anywhere, read as data only: `.safetensors`, or
     `.pt` / `.pth` loaded like a checkpoint (`load_checkpoint`) holding a plain state_dict or a
-    mapping whose 'state_dict' or 'model' entry is one (a zerograd checkpoint is the latter).
+    mapping whose 'state_dict', 'model' or 'model_state_dict' entry is one (a zerograd
+    checkpoint is 'model').
     DataParallel's `module.` prefix is dropped when every key has it. Non-finite values are
     refused: an attack on NaN logits measures nothing."""
     path = Path(path)
@@ -145,7 +148,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             if inner is None:
                 keys = ", ".join(map(str, list(state)[:4])) or "none"
                 raise ConfigError(f"weights file {str(path)!r} holds no state_dict: expected a mapping "
-                                  f"of names to tensors, or one under 'state_dict' or 'model' (its "
+                                  f"of names to tensors, or one under {', '.join(map(repr, STATE_DICT_ENTRIES))} (its "
                                   f"keys: {keys})")
             state = inner
     bad = next((k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)), None)

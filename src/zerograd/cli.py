@@ -66,7 +66,17 @@ def _resume(args, overrides: list[str]) -> int:
 
 
 EXTERNAL_ONLY = (("--weights", "weights"), ("--dataset", "dataset"), ("--normalize", "normalize"),
-                 ("--mean", "mean"), ("--std", "std"), ("--set", "set"))
+                 ("--mean", "mean"), ("--std", "std"), ("--set", "set"), ("--image-size", "image_size"))
+
+
+def _image_size(values: list[int] | None):
+    """--image-size 64 or --image-size 64 48 as the config's image_size (an int or [H, W])."""
+    if values is None:
+        return None
+    if len(values) > 2:
+        raise ConfigError(f"--image-size {' '.join(map(str, values))}: give one size (square) or two "
+                          "(height width)")
+    return values[0] if len(values) == 1 else list(values)
 
 
 def _eval(args) -> int:
@@ -89,7 +99,7 @@ def _eval(args) -> int:
         result = evaluate_external(args.weights, model=args.model, dataset=args.dataset,
                                    model_args=model_args_of(args.set),
                                    normalize=args.normalize or "none", mean=args.mean,
-                                   std=args.std, **common)
+                                   std=args.std, image_size=_image_size(args.image_size), **common)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -278,6 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --weights: put Normalize with this per-channel mean in front (with --std)")
     p.add_argument("--std", type=finite, nargs="+", metavar="S",
                    help="with --weights: the per-channel std of --mean")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="PX",
+                   help="with --weights and --dataset folder:PATH: resize the images to PX (square) "
+                   "or to HEIGHT WIDTH, as image_size in training")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_eval)

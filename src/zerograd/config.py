@@ -233,6 +233,8 @@ def parse_override(text: str) -> dict:
         value = load_yaml(raw) if raw.strip() else None
     except yaml.YAMLError:  # not YAML (or an alias): the text itself
         value = raw
+    if isinstance(value, dict) and key in FIELDS and "str" in str(FIELDS[key].type):
+        value = raw.strip()  # "folder:" or "folder: my images" is YAML's {folder: ...}, meant as text
     head, _, rest = key.partition(".")
     if rest:
         if head not in NESTED:

@@ -498,7 +498,8 @@ def load_data(
         val_src, y_va = train_src, y_tr
     test_src, y_te = splits["test"]
     if test_subset is not None and test_subset > len(y_te):
-        raise ConfigError(f"test_subset {test_subset} exceeds the {len(y_te)} test images")
+        raise ConfigError(f"test_subset {test_subset} (test_n, or eval's --n) exceeds the {len(y_te)} "
+                          "test images")
     test_idx = np.arange(len(y_te) if test_subset is None else test_subset)
 
     def labels(y: np.ndarray, idx: np.ndarray) -> torch.Tensor:

@@ -129,7 +129,8 @@ ZEROGRAD_LAYOUT = ("0.mean", "0.std")  # build_model's Normalize first: a zerogr
 
 
 def evaluate_external(weights, *, model, dataset, model_args: dict | None = None,
-                      normalize: str = "none", mean=None, std=None, attack: str = "pgd", n=None,
+                      normalize: str = "none", mean=None, std=None, image_size=None,
+                      attack: str = "pgd", n=None,
                       steps=None, restarts=None, alpha=None, eps=None, data_dir=None,
                       batch_size=256, seed=0, device="auto", version: str = "standard",
                       attacks: list[str] | None = None, state=None,
@@ -142,7 +143,8 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     the dataset plus `model_args`. The network sees pixels in [0, 1] (the threat model's space)
     unless `normalize="dataset"` (the dataset's mean/std) or `mean`/`std` put zerograd's
     Normalize in front; a zerograd state_dict (an export or checkpoint: Normalize then the
-    network) brings its own. Weights: see `checkpoint.read_weights`. Attack defaults are a
+    network) brings its own. `image_size` resizes a folder's images as in training (a folder
+    of mixed sizes needs it; the size tags the results file). Weights: see `checkpoint.read_weights`. Attack defaults are a
     fresh config's (eps 8/255, PGD-50-10, alpha 0.25). Results go beside the weights
     (`runfolder.external_results_path`) or to `out`."""
     missing = [flag for flag, v in (("--model SPEC", model), ("--weights FILE", weights),
@@ -163,14 +165,18 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     user = user_model(copy.deepcopy(model)) if isinstance(model, nn.Module) else None
     cfg = validate(apply(Config(), {
         "dataset": dataset, "model": model if user is None else user.spec,
-        "model_args": model_args or {}, "mean": mean, "std": std, "val_size": 0,
+        "model_args": model_args or {}, "mean": mean, "std": std, "val_size": 0, "image_size": image_size,
         "data_dir": None if data_dir is None else str(data_dir)}, source="eval"))
     state_dict = read_weights(weights)
     check_available(cfg.dataset, cfg.data_dir)
     if user is None and is_user_model(cfg.model):
         user = user_model(cfg.model)  # the spec given on this command line: imported only now
     normalized = normalize == "dataset" or mean is not None
-    channels = dataset_facts(cfg).shape[0]
+    info = dataset_facts(cfg)
+    if normalize == "dataset" and (info.mean is None or info.std is None):
+        raise ConfigError(f"--normalize dataset: {cfg.dataset} has no built-in mean/std (a run "
+                          "computes them from its training split); give --mean M... --std S... instead")
+    channels = info.shape[0]
     mean, std = normalization(cfg) if normalized else ([0.0] * channels, [1.0] * channels)
     net = model_for(dataclasses.replace(cfg, mean=mean, std=std), user)  # Normalize(0, 1): identity
     what = f"model {cfg.model!r}"
@@ -190,7 +196,8 @@ def evaluate_external(weights, *, model, dataset, model_args: dict | None = None
     facts = {"checkpoint": str(weights), "checkpoint_sha256": sha256_file(weights),
              "checkpoint_kind": "external", "checkpoint_epoch": None, "best_selected_by": None,
              "model_args": dict(cfg.model_args), "normalization": norm}
-    norm_tag = "-normalized" if normalized else ""
+    norm_tag = ("-normalized" if normalized else "") + (
+        f"-{cfg.image_size[0]}x{cfg.image_size[1]}px" if cfg.image_size else "")
     return _evaluate_model(
         net.to(dev), cfg, facts, dev=dev, trained=False, run=None,
         target=lambda label, size, tag: external_results_path(weights, cfg.dataset, label, size,

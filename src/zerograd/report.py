@@ -27,8 +27,8 @@ from .results import attack_title, is_result
 from .runfolder import PLOTS, REPORT, RESULT, RunFolder, load_model
 
 # Config keys that do not change what a run measures; runs differing only in these are seeds
-# of one setting.
-NOT_SETTING = ("seed", "data_dir", "device", "description", "tensorboard", "environment")
+# of one setting. `environment` and `data` (your own data's fingerprint) are recorded facts.
+NOT_SETTING = ("seed", "data_dir", "device", "description", "tensorboard", "environment", "data")
 
 
 @dataclass

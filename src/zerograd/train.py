@@ -39,6 +39,7 @@ from .training.loop import History, fit, no_progress
 from .training.nanguard import NanGuard, nonfinite
 from .training.objective import Objective
 from .training.state import CheckpointStore, TrainState, resume_point
+from .userdata import fingerprint, is_user_data
 
 
 @dataclass
@@ -111,7 +112,9 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
            force: bool, resume: bool, changed: tuple[str, ...]) -> Run:
     """`train` with the run folder held: the rest of the checks, then the work."""
     device = par.device
+    data_record = fingerprint(cfg.dataset) if is_user_data(cfg.dataset) else None
     if resume and run is not None:
+        _check_same_data(cfg, run, data_record)
         cfg = _recorded_statistics(cfg, run)
     point = resume_point(run, cfg, changed) if resume else None
     if point is not None:
@@ -147,7 +150,8 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
             history.extend(run.keep_metrics(point["records"] if point else 0))
             run.remove_temp_files()
         else:
-            run.start(cfg, {"environment": {**environment(), "device": str(device)}})
+            run.start(cfg, {"environment": {**environment(), "device": str(device)},
+                            **({"data": data_record} if data_record else {})})
         log = history.log = run.open_metrics(cfg.tensorboard)
     if point is not None:
         hooks.load_state_dict(state.resume(point, run.checkpoint("last"), changed))
@@ -172,6 +176,25 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
         par.close()
     return Run(cfg=state.cfg, model=model, history=list(history), result=result,
                dir=run.path if run is not None and par.is_main else None, data=data)
+
+
+def _check_same_data(cfg: Config, run: RunFolder, now: dict | None) -> None:
+    """Refuse to resume on your own data changed since the run started (`userdata.fingerprint`):
+    an image added or removed shifts the validation carve and every epoch's order, so the
+    resumed run would silently be another run. Runs recorded without a fingerprint pass."""
+    if now is None or not run.config_file.is_file():
+        return
+    try:
+        recorded = run.read_config_dict().get("data")
+    except ConfigError:
+        return  # resume_point explains
+    if not isinstance(recorded, dict) or recorded.get("fingerprint") in (None, now["fingerprint"]):
+        return
+    before = recorded.get("images") if isinstance(recorded.get("images"), dict) else {}  # hand edits
+    counts = ", ".join(f"{k} {before.get(k, '?')} -> {v}" for k, v in now["images"].items())
+    raise ConfigError(f"--resume {str(run.path)!r}: dataset {cfg.dataset} changed since the run started "
+                      f"(images {counts}; an image added, removed or renamed); restore it, "
+                      "or start a new run")
 
 
 def _recorded_statistics(cfg: Config, run: RunFolder) -> Config:

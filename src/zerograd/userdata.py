@@ -15,6 +15,7 @@ Nothing here draws a random number: the order and the augmentation stay in `data
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import zipfile
@@ -29,12 +30,13 @@ from PIL import Image
 from .errors import ConfigError
 
 __all__ = ["ARRAYS", "FOLDER", "ArraySource", "FileSource", "Subset", "UserData", "canonical",
-           "device_budget", "inspect", "is_user_data", "open_splits", "parse_bytes", "stream"]
+           "device_budget", "fingerprint", "inspect", "is_user_data", "open_splits", "parse_bytes", "stream"]
 
 FOLDER = "folder:"
 ARRAYS = "arrays:"
 EXTENSIONS = (".png", ".jpg", ".jpeg")
 GRAY_MODES = ("1", "L")  # folders of only these decode as one channel (L); anything else as RGB
+DEEP_MODES = ("I", "F")  # and "I;16...": more than 8 bits, which converting to L/RGB clips at 255
 FOLDER_FORM = "PATH/train/<class>/*.png|jpg|jpeg and PATH/test/<class>/..."
 
 
@@ -259,14 +261,39 @@ def _stamp(path: Path) -> tuple:
     stamps = []
     for split in ("train", "val", "test"):
         folder = path / split
-        if folder.is_dir():
-            stamps.append((split, folder.stat().st_mtime_ns,
-                           tuple((d.name, d.stat().st_mtime_ns) for d in sorted(folder.iterdir()))))
+        if folder.is_dir():  # every folder's time: images may sit in a class's sub-folders
+            stamps += [(top, os.stat(top).st_mtime_ns) for top, _ in _walk(folder)]
     return tuple(stamps)
 
 
+def _hidden(p: Path) -> bool:
+    """Names starting with '.' (macOS's .DS_Store and ._name.png resource forks, an editor's
+    .ipynb_checkpoints) are never images or classes, as in `ls`."""
+    return p.name.startswith(".")
+
+
+def _walk(folder: Path) -> Iterator[tuple[str, list[str]]]:
+    """(folder, file names) for `folder` and every sub-folder not hidden, symlinks followed
+    once (a link back up would otherwise loop forever)."""
+    seen = set()
+    for top, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        yield top, names
+
+
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
+    """A class folder's images, in its sub-folders too (as torchvision's ImageFolder: images
+    sorted into train/cat/2019/ are cats, not silently left out)."""
+    found = []
+    for top, names in _walk(folder):
+        found += [p for p in map(Path(top).joinpath, names)
+                  if p.suffix.lower() in EXTENSIONS and not _hidden(p) and p.is_file()]
+    return sorted(found)
 
 
 def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
@@ -275,7 +302,7 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
     if not train.is_dir():
         raise ConfigError(f"dataset folder {root} has no train folder: expected {FOLDER_FORM} "
                           f"(PATH = {root})")
-    per_class = {d.name: _images(d) for d in sorted(train.iterdir()) if d.is_dir()}
+    per_class = {d.name: _images(d) for d in sorted(train.iterdir()) if d.is_dir() and not _hidden(d)}
     classes = tuple(c for c, files in per_class.items() if files)
     if not classes:
         raise ConfigError(f"dataset folder {root} has no images under {train}: expected "
@@ -293,9 +320,9 @@ def _list_folder(root: Path) -> tuple[tuple[str, ...], dict]:
             continue
         files, labels = [], []
         for d in sorted(folder.iterdir()):
-            if not d.is_dir():
+            if not d.is_dir() or _hidden(d):
                 continue
-            found = _images(d)
+            found = per_class[d.name] if split == "train" else _images(d)  # train: listed above
             if found and d.name not in classes:
                 raise ConfigError(f"dataset folder {root}: {split}/{d.name} is not a class of "
                                   f"train ({', '.join(classes)})")
@@ -318,6 +345,10 @@ def _inspect_folder(root: Path, image_size) -> tuple[UserData, dict, str]:
                     size, mode = im.size, im.mode
             except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
                 raise ConfigError(f"cannot read image {f}: {_one_line(e)}") from None
+            if mode in DEEP_MODES or mode.startswith("I;"):
+                raise ConfigError(f"image {f} has {'16-bit' if '16' in mode else '32-bit'} pixels "
+                                  f"(mode {mode}), which would be clipped to white at 255: convert "
+                                  "it to 8 bits per channel (L or RGB) first")
             modes.add(mode)
             if first is None:
                 first = (f, size)
@@ -330,6 +361,33 @@ def _inspect_folder(root: Path, image_size) -> tuple[UserData, dict, str]:
     facts = UserData(len(classes), (1 if mode == "L" else 3, *hw), classes,
                      {k: len(v[0]) for k, v in splits.items()})
     return facts, splits, mode
+
+
+def fingerprint(name: str) -> dict:
+    """What a run records of its data, to refuse resuming on other data (a changed folder
+    shifts every index: the validation carve, the epoch order, a mid-epoch position).
+    Cheap, never cached, nothing decoded: a folder's listing (classes, each image's path
+    relative to it, its label), an .npz's member names, sizes and CRC-32s (from the zip
+    directory). An image replaced under the same name is not seen, on purpose: a corrupt
+    image a streamed epoch stopped at can be replaced by a good copy and the run resumed."""
+    path = Path(name.split(":", 1)[1])
+    h = hashlib.sha256()
+    if name.startswith(FOLDER):
+        classes, splits = _list_folder(path)
+        h.update(repr(classes).encode())
+        for split, (files, labels) in splits.items():
+            for f, y in zip(files, labels):
+                h.update(f"{split}\0{os.path.relpath(f, path)}\0{int(y)}\n".encode())
+        images = {split: len(files) for split, (files, _) in splits.items()}
+    else:
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = sorted((i.filename, i.file_size, i.CRC) for i in z.infolist())
+        except (OSError, zipfile.BadZipFile) as e:
+            raise ConfigError(f"cannot read {path} as a .npz of arrays: {_one_line(e)}") from None
+        h.update(repr(members).encode())
+        images = dict(inspect(name).sizes)
+    return {"fingerprint": h.hexdigest()[:16], "images": images}
 
 
 # .npz members: required, then optional
