@@ -253,6 +253,9 @@ BAD = [  # (argv after `eval`, with W = a good weights file, a pattern of the on
      r"--checkpoint chooses a run folder's checkpoint"),
     (["--model", "SPEC", "--weights", "W", "--dataset", "digits", "--eps", "2"],
      r"--eps=2 is invalid"),
+    (["--model", "SPEC", "--weights", "whole.pt", "--dataset", "digits"],
+     (r"was refused: it asks to run .*, not plain data; nothing in it was executed; save the "
+     r"network's weights instead: torch.save\(net.state_dict\(\), FILE\)$")),
 ]
 
 
@@ -269,6 +272,7 @@ def test_bad_input_is_one_line_and_exit_2_before_any_work(argv, pattern, tmp_pat
     Path("junk.pt").write_bytes(bytes(range(256)) * 8)
     torch.save({"name": "net", "epoch": 3}, "text.pt")
     torch.save({}, "empty.pt")
+    torch.save(make_net(), "whole.pt")  # the whole pickled network, not its state_dict
     save_file({**state, "3.bias": torch.full((10,), float("nan"))}, "nan.safetensors")
     save_file({"head": torch.ones(2)}, "other.safetensors")
     factories = runpy.run_path("net.py")  # the file's own factories, for weights that fit them

@@ -68,6 +68,9 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     atomic_write(path, buf.getvalue())
 
 
+WEIGHTS_FILE = "weights file"  # how messages name a weights file zerograd did not write
+
+
 def load_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoint") -> dict:
     """Load a checkpoint as data only: a file carrying pickled code, a truncated or corrupt
     file, or a missing one gets a ConfigError (naming the file as `what`), and nothing in it
@@ -82,9 +85,11 @@ def load_checkpoint(path: str | Path, map_location="cpu", what: str = "checkpoin
         if found is None:  # not a pickle at all: random bytes, a torn legacy file
             raise ConfigError(f"{what} {str(path)!r} is truncated or corrupt and cannot be read "
                               "(not a torch checkpoint)") from None
+        hint = "; save the network's weights instead: torch.save(net.state_dict(), FILE)" \
+            if what == WEIGHTS_FILE else ""
         raise ConfigError(
             f"{what} {str(path)!r} was refused: it asks to run {found[1]}, not plain data; "
-            "nothing in it was executed"
+            f"nothing in it was executed{hint}"
         ) from None
     # random bytes can read as a legacy pickle and fail anywhere in torch's restricted unpickler
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError, KeyError,
@@ -142,7 +147,7 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             raise ConfigError(f"weights file {str(path)!r} is not a readable safetensors file "
                               f"({_first(e)})") from None
     else:
-        state = load_checkpoint(path, what="weights file")
+        state = load_checkpoint(path, what=WEIGHTS_FILE)
         if not all(isinstance(v, torch.Tensor) for v in state.values()):
             inner = next((state[k] for k in STATE_DICT_ENTRIES if isinstance(state.get(k), dict)), None)
             if inner is None:
