@@ -114,8 +114,9 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
     device = par.device
     data_record = fingerprint(cfg.dataset) if is_user_data(cfg.dataset) else None
     if resume and run is not None:
-        _check_same_data(cfg, run, data_record)
-        cfg = _recorded_statistics(cfg, run)
+        recorded = _recorded_config(run)
+        _check_same_data(cfg, run, data_record, recorded)
+        cfg = _recorded_statistics(cfg, recorded)
     point = resume_point(run, cfg, changed) if resume else None
     if point is not None:
         check_resume(point, cfg, par.world_size)
@@ -178,16 +179,24 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
                dir=run.path if run is not None and par.is_main else None, data=data)
 
 
-def _check_same_data(cfg: Config, run: RunFolder, now: dict | None) -> None:
+def _recorded_config(run: RunFolder) -> dict:
+    """The run's config.yaml as data, or {} when it is missing or unreadable (resume_point
+    then explains in one line)."""
+    if not run.config_file.is_file():
+        return {}
+    try:
+        return run.read_config_dict()
+    except ConfigError:
+        return {}
+
+
+def _check_same_data(cfg: Config, run: RunFolder, now: dict | None, recorded_config: dict) -> None:
     """Refuse to resume on your own data changed since the run started (`userdata.fingerprint`):
     an image added or removed shifts the validation carve and every epoch's order, so the
     resumed run would silently be another run. Runs recorded without a fingerprint pass."""
-    if now is None or not run.config_file.is_file():
+    if now is None:
         return
-    try:
-        recorded = run.read_config_dict().get("data")
-    except ConfigError:
-        return  # resume_point explains
+    recorded = recorded_config.get("data")
     if not isinstance(recorded, dict) or recorded.get("fingerprint") in (None, now["fingerprint"]):
         return
     before = recorded.get("images") if isinstance(recorded.get("images"), dict) else {}  # hand edits
@@ -197,19 +206,15 @@ def _check_same_data(cfg: Config, run: RunFolder, now: dict | None) -> None:
                       "or start a new run")
 
 
-def _recorded_statistics(cfg: Config, run: RunFolder) -> Config:
+def _recorded_statistics(cfg: Config, recorded: dict) -> Config:
     """On resume, the mean/std the run computed from its own data (config.yaml records them)
     where cfg leaves them to be computed: the resumed model normalizes as before, and the
     training images are not read again for them."""
-    if cfg.mean is not None and cfg.std is not None or not run.config_file.is_file():
+    if cfg.mean is not None and cfg.std is not None or not recorded:
         return cfg
     facts = dataset_facts(cfg)
     if facts.mean is not None and facts.std is not None:
         return cfg  # a built-in dataset's constants: nothing was computed
-    try:
-        recorded = run.read_config_dict()
-    except ConfigError:
-        return cfg  # resume_point explains
     return validate(dataclasses.replace(cfg, mean=cfg.mean or recorded.get("mean"),
                                         std=cfg.std or recorded.get("std")))
 
@@ -219,11 +224,8 @@ def _user_model(cfg: Config, model, resume: bool, run: RunFolder | None) -> tupl
     a bad one, before any work). A spec in cfg is imported only for a new run (the user wrote
     it for this run); a resumed run of a user model needs it passed as `model` again."""
     recorded = cfg.model
-    if resume and run is not None and run.config_file.is_file():
-        try:  # the run's own record (data only): what the caller must pass again
-            recorded = str(run.read_config_dict().get("model", cfg.model))
-        except ConfigError:
-            pass  # resume_point explains
+    if resume and run is not None:  # the run's own record (data only): what the caller must pass again
+        recorded = str(_recorded_config(run).get("model", cfg.model))
     if model is None:
         if resume and is_user_model(recorded):
             raise ConfigError(needs_user_model(recorded))
