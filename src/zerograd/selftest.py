@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from .config import Config, apply
 from .errors import ConfigError
@@ -108,25 +108,23 @@ def check_step(name: str, keys: dict, variant: str, extra: dict, device: torch.d
 # --------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _distributed_step(rank: int, port: int, folder: str, keys: dict) -> None:
-    """One process of the two-process check: the real setup, DDP wrap, shard and step."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE="2", LOCAL_RANK=str(rank))
+def _distributed_step(rank: int, folder: str, keys: dict) -> None:
+    """One process of the two-process check: the real setup, DDP wrap, shard and step. The
+    process group meets through a file in the check's own folder, not a TCP port, so no other
+    process (e.g. a concurrent torchrun) can take its address between choosing and binding."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{Path(folder) / 'store'}", rank=rank, world_size=2)
     cfg = apply(Config(model="mlp", device="cpu", batch_size=BATCH), keys)
-    par = setup(cfg)
+    par = setup(cfg)  # joins the group made above
     try:
         weights = _step_weights(cfg, par)
         if par.is_main:
             torch.save(weights, Path(folder) / "two.pt")
     finally:
         par.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _step_weights(cfg: Config, par) -> dict:
@@ -146,7 +144,7 @@ def check_distributed() -> Check:
     keys = {"method": "zerograd"}
     with tempfile.TemporaryDirectory() as folder:
         try:
-            torch.multiprocessing.spawn(_distributed_step, args=(_free_port(), folder, keys), nprocs=2)
+            torch.multiprocessing.spawn(_distributed_step, args=(folder, keys), nprocs=2)
         except (torch.multiprocessing.ProcessRaisedException,
                 torch.multiprocessing.ProcessExitedException) as e:  # the check fails, saying why
             return Check("ddp gloo 2 processes", False, str(e).strip().splitlines()[-1][:160])
