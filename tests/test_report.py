@@ -109,7 +109,8 @@ def test_reproduce_trains_reports_and_keeps_finished_runs(tmp_path, capsys):
     assert names == ["fgsm_rs-s0", "fgsm_rs-s1", "zg-s3"]
     out = tmp_path / "out"
     report = reproduce(str(exp), out, quiet=True, only=["zg"])
-    assert (out / "zg-s3" / "eval.json").is_file() and report.read_text().count("| zerograd q=0.25 |") == 1
+    comparison = report.read_text().split("## Comparison over seeds")[1].split("\n## ")[0]
+    assert (out / "zg-s3" / "eval.json").is_file() and comparison.count("| zerograd q=0.25 |") == 1
     stamp = (out / "zg-s3" / "eval.json").stat().st_mtime_ns
     reproduce(str(exp), out, quiet=True, only=["zg"])
     assert (out / "zg-s3" / "eval.json").stat().st_mtime_ns == stamp
@@ -212,3 +213,21 @@ def test_the_recorded_data_fingerprint_is_a_fact_not_a_setting():
     labels = distinct_labels(configs)
     assert setting_key(configs[0]) == setting_key(configs[1]) and len(labels) == 2
     assert labels[setting_key(other)] == "zerograd · dataset=folder:/d/b"
+
+
+def test_the_size_of_the_training_perturbations_is_tabled_at_epoch_2_and_the_last(tmp_path):
+    """Table 4's numbers: each run's delta_mean_abs_x255 at epoch 2 and its last epoch; a run
+    without the diagnostic gets no row; a NaN at the last epoch falls back to the last finite one."""
+    a = make_run(tmp_path / "a", seed=0, pgd=[0.2, 0.3, 0.3, 0.3], fgsm=[0.3] * 4, robust=0.3)
+    b = make_run(tmp_path / "b", seed=0, pgd=[0.2, 0.3, 0.3], fgsm=[0.3] * 3, robust=0.3, method="zerograd",
+                 args={"q": 0.35})
+    make_run(tmp_path / "c", seed=0, pgd=[0.2, 0.3], fgsm=[0.3] * 2, robust=0.3, method="fgsm", args={})
+    for run, values in ((a, [7.0, 6.5, 6.25, float("nan")]), (b, [6.0, 5.5, 5.125])):
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        for row, v in zip(rows, values):
+            row["diag/delta_mean_abs_x255"] = v
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = build_report([a, b, tmp_path / "c"], tmp_path / "rep", gradient_images=0).read_text()
+    assert "| a | fgsm_rs alpha=2 | 6.50 | 3 | 6.25 |" in text
+    assert "| b | zerograd | 5.50 | 3 | 5.12 |" in text
+    assert "| c |" not in text.split("## Size of the training perturbations")[1].split("## Evaluations")[0]

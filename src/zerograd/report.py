@@ -259,6 +259,28 @@ def co_jump_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
     return lines
 
 
+SIZE_KEY, SIZE_EPOCH = "diag/delta_mean_abs_x255", 2  # the paper's Table 4: epoch 2 and the last
+
+
+def _value_at(run: RunRecord, key: str, epoch: int) -> float | None:
+    return next((r[key] for r in run.epochs if r.get("epoch") == epoch and isinstance(r.get(key), (int, float))
+                 and math.isfinite(r[key])), None)
+
+
+def perturbation_size_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
+    """Markdown rows: per run that measured it, the mean |delta| x 255 of its own training
+    perturbations at epoch 2 and at its last epoch (Table 4's comparison of methods)."""
+    lines = [f"| run | setting | epoch {SIZE_EPOCH} | last epoch | value at last |", "|---|---|---|---|---|"]
+    for r, name in zip(runs, names):
+        measured = [e["epoch"] for e in r.epochs if _value_at(r, SIZE_KEY, e.get("epoch")) is not None]
+        if not measured:
+            continue
+        early = _value_at(r, SIZE_KEY, SIZE_EPOCH)
+        lines.append(f"| {name} | {setting_label(r.config)} | {'-' if early is None else f'{early:.2f}'} | "
+                     f"{measured[-1]} | {_value_at(r, SIZE_KEY, measured[-1]):.2f} |")
+    return lines
+
+
 def evaluation_rows(runs: list[RunRecord]) -> list[str]:
     lines = ["| run | file | checkpoint | attack | n | clean % | robust % |", "|---|---|---|---|---|---|---|"]
     for r in runs:
@@ -481,6 +503,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                    f"over epochs CO-{JUMP_NEAR}..CO, its largest over the {JUMP_BEFORE} epochs before "
                    f"(CO-{JUMP_NEAR + JUMP_BEFORE}..CO-{JUMP_NEAR + 1}), and their ratio (the jump of the "
                    "paper's Figs. 1-2 shows as a large ratio)."), ""] + jumps
+    sizes = perturbation_size_rows(runs, names)
+    if len(sizes) > 2:
+        lines += ["", "## Size of the training perturbations", "",
+                  (f"`{SIZE_KEY}`: the mean |delta| x 255 of each run's own training perturbations over "
+                   f"the epoch's training images (the per-entry l1 norm of the paper's Table 4), at epoch {SIZE_EPOCH} and "
+                   "at the last epoch that measured it."), ""] + sizes
     lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
     lines += ["", "## Runs", ""]
     for r, name in zip(runs, names):
