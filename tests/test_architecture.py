@@ -53,3 +53,18 @@ def test_no_module_imports_inside_functions_except_optional_packages():
                 if not any(name == o or name.startswith(o + ".") for o in optional):
                     late.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {name}")
     assert late == []
+
+
+def test_every_benchmark_script_imports_with_the_current_layout():
+    """Benchmarks are not run by the tests; this catches one whose `zerograd.*` imports a
+    change of modules broke (reliability_cost.py once imported two modules that had moved)."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert scripts
+    code = ("import importlib.util, sys\n"
+            "for path in sys.argv[1:]:\n"
+            "    spec = importlib.util.spec_from_file_location('bench_' + path.rsplit('/', 1)[-1][:-3], path)\n"
+            "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, scripts)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
