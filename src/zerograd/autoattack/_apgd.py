@@ -14,15 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._common import (
-    attack_remaining,
-    check_data,
-    check_eps,
-    eval_mode,
-    generator,
+    attack_in_rounds,
     linf_sphere_noise,
     loss_and_grad,
     margin,
-    predict,
     project,
 )
 
@@ -128,25 +123,14 @@ def _apgd(model, x, y, *, eps, seed, make_loss, n_iter, n_restarts, rho, eot_ite
 
     make_loss(y_sub, target_sub) builds the loss; with targets=k the rounds aim at the clean
     top-2 .. top-(k+1) classes in turn (target_sub is None when untargeted)."""
-    eps = check_eps(eps)
-    check_data(x, y)
-    if eps == 0 or n_iter < 1:
-        return x.detach().clone()
-    with eval_mode(model):
-        gen = generator(seed, x.device)
-        targeted = targets is not None
-        order = predict(model, x).argsort(1, descending=True) if targeted else None
-        n_targets = min(targets, order.shape[1] - 1) if targeted else 1
+    def make_round(gen, eps, target, restart):
+        def run(idx, xs, ys):
+            return apgd_run(model, xs, ys, make_loss(ys, None if target is None else target(idx)), eps=eps,
+                            n_iter=n_iter, rho=rho, eot_iter=eot_iter, gen=gen)
+        return run
 
-        def round_for(rank):
-            def run(idx, xs, ys):
-                tgt = order[idx, rank] if targeted else None
-                return apgd_run(model, xs, ys, make_loss(ys, tgt), eps=eps, n_iter=n_iter,
-                                rho=rho, eot_iter=eot_iter, gen=gen)
-            return run
-
-        rounds = (round_for(rank) for rank in range(1, n_targets + 1) for _ in range(n_restarts))
-        return attack_remaining(model, x.detach(), y, rounds)
+    return attack_in_rounds(model, x, y, eps=eps, seed=seed, n_iter=n_iter, n_restarts=n_restarts,
+                            n_target_classes=targets, make_round=make_round)
 
 
 def apgd_ce(model, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, n_iter: int = 100,

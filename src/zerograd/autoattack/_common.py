@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..runtime import eval_mode  # noqa: F401 (re-exported for the attacks)
+from ..runtime import eval_mode
 
 
 def check_eps(eps) -> float:
@@ -129,3 +129,27 @@ def attack_remaining(model, x: Tensor, y: Tensor,
         active[hit] = False
         x_adv[hit] = cand[fooled].to(x_adv.dtype)
     return x_adv
+
+
+def attack_in_rounds(model, x: Tensor, y: Tensor, *, eps, seed: int, n_iter: int, n_restarts: int,
+                     n_target_classes: int | None, make_round: Callable) -> Tensor:
+    """The frame APGD and FAB share: the checks, then rounds on the points still robust, for
+    each target class (the clean top-2 .. top-(n_target_classes+1); one untargeted class when
+    None) n_restarts times. make_round(gen, eps, target, restart) returns a round for
+    `attack_remaining`; target(idx) gives the target class of the points idx (None untargeted)."""
+    eps = check_eps(eps)
+    check_data(x, y)
+    if eps == 0 or n_iter < 1:
+        return x.detach().clone()
+    with eval_mode(model):
+        gen = generator(seed, x.device)
+        targeted = n_target_classes is not None
+        order = predict(model, x).argsort(1, descending=True) if targeted else None
+        n_targets = min(n_target_classes, order.shape[1] - 1) if targeted else 1
+
+        def target(rank):
+            return (lambda idx: order[idx, rank]) if targeted else None
+
+        rounds = (make_round(gen, eps, target(rank), restart) for rank in range(1, n_targets + 1)
+                  for restart in range(n_restarts))
+        return attack_remaining(model, x.detach(), y, rounds)

@@ -13,11 +13,7 @@ import torch
 from torch import Tensor
 
 from ._common import (
-    attack_remaining,
-    check_data,
-    check_eps,
-    eval_mode,
-    generator,
+    attack_in_rounds,
     linf_dist,
     linf_sphere_noise,
     predict,
@@ -123,28 +119,15 @@ def fab_run(model, x0: Tensor, y: Tensor, boundaries, *, eps: float, n_iter: int
 def _fab(model, x, y, *, eps, seed, n_iter, n_restarts, alpha_max, eta, beta,
          n_target_classes=None) -> Tensor:
     """Targets x restarts around fab_run (restarts after the first start at random)."""
-    eps = check_eps(eps)
-    check_data(x, y)
-    if eps == 0 or n_iter < 1:
-        return x.detach().clone()
-    with eval_mode(model):
-        gen = generator(seed, x.device)
-        targeted = n_target_classes is not None
-        order = predict(model, x).argsort(1, descending=True)
-        n_targets = min(n_target_classes, order.shape[1] - 1) if targeted else 1
+    def make_round(gen, eps, target, restart):
+        def run(idx, xs, ys):
+            bounds = _all_boundaries(model, ys) if target is None else _targeted_boundary(model, ys, target(idx))
+            return fab_run(model, xs, ys, bounds, eps=eps, n_iter=n_iter, alpha_max=alpha_max, eta=eta,
+                           beta=beta, gen=gen, random_start=restart > 0)
+        return run
 
-        def round_for(rank, restart):
-            def run(idx, xs, ys):
-                bounds = (_targeted_boundary(model, ys, order[idx, rank]) if targeted
-                          else _all_boundaries(model, ys))
-                return fab_run(model, xs, ys, bounds, eps=eps, n_iter=n_iter,
-                               alpha_max=alpha_max, eta=eta, beta=beta, gen=gen,
-                               random_start=restart > 0)
-            return run
-
-        rounds = (round_for(rank, r) for rank in range(1, n_targets + 1)
-                  for r in range(n_restarts))
-        return attack_remaining(model, x.detach(), y, rounds)
+    return attack_in_rounds(model, x, y, eps=eps, seed=seed, n_iter=n_iter, n_restarts=n_restarts,
+                            n_target_classes=n_target_classes, make_round=make_round)
 
 
 def fab_t(model, x: Tensor, y: Tensor, *, eps: float, seed: int = 0, n_iter: int = 100,
