@@ -231,3 +231,21 @@ def test_the_size_of_the_training_perturbations_is_tabled_at_epoch_2_and_the_las
     assert "| a | fgsm_rs alpha=2 | 6.50 | 3 | 6.25 |" in text
     assert "| b | zerograd | 5.50 | 3 | 5.12 |" in text
     assert "| c |" not in text.split("## Size of the training perturbations")[1].split("## Evaluations")[0]
+
+
+def test_autoattack_column_finds_the_results_files_zerograd_eval_writes(tmp_path):
+    """`zerograd eval` records the checkpoint's path (and its kind and epoch), eval.json only
+    its kind and epoch: the column matches them by kind and epoch, so an AutoAttack of the
+    same last.pt counts and one of an earlier last.pt (evaluated mid-training) does not."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3) for i in range(2)]
+    for run, acc, epoch in zip(runs, (0.2, 0.1), (2, 1)):
+        final = json.loads((run / "eval.json").read_text())
+        (run / "eval.json").write_text(json.dumps({**final, "checkpoint_epoch": 2}))
+        (run / "evals").mkdir()
+        (run / "evals" / "autoattack-standard-last-n100.json").write_text(json.dumps({
+            "clean_acc": 0.5, "robust_acc": acc, "n": 100, "checkpoint": str(run / "checkpoints" / "last.pt"),
+            "checkpoint_kind": "last", "checkpoint_epoch": epoch,
+            "attack": {"name": "autoattack", "version": "standard"}}))
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[10].strip() == "20.00 (1/2)"

@@ -174,8 +174,15 @@ def autoattack_eval(run: RunRecord) -> dict | None:
     final = final_eval(run) or {}
     same = [e for _, e in run.evals if (e.get("attack") or {}).get("name") == "autoattack"
             and (e["attack"].get("version") or "standard") == "standard"
-            and e.get("checkpoint") == final.get("checkpoint") and e.get("n") == final.get("n")]
+            and _checkpoint_kind(e) == final.get("checkpoint") and e.get("n") == final.get("n")
+            and e.get("checkpoint_epoch") == final.get("checkpoint_epoch")]
     return max(same, key=lambda e: str(e.get("created", "")), default=None)
+
+
+def _checkpoint_kind(e: dict):
+    """last, best, epoch-N: eval.json's `checkpoint` names the kind, while a `zerograd eval`
+    results file holds the checkpoint's path there and its kind in `checkpoint_kind`."""
+    return e.get("checkpoint_kind", e.get("checkpoint"))
 
 
 def comparison_table(runs: list[RunRecord]) -> list[str]:
