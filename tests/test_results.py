@@ -60,6 +60,16 @@ def test_results_file_describes_the_evaluation(run):
     assert result["checks_passed"] == all(c["passed"] for c in result["checks"])
 
 
+def test_another_pgd_step_gets_its_own_results_file(run):
+    """--alpha other than the run's test_alpha is another attack: its results file is tagged,
+    so it does not overwrite the one of the run's own step (as --eps is tagged)."""
+    default = evaluate_path(run, n=20, steps=2, restarts=1, checks=False)
+    other = evaluate_path(run, n=20, steps=2, restarts=1, alpha=0.05, checks=False)
+    assert other["results_file"] == str(run / "evals" / "pgd-2-1-alpha0.05-last-n20.json")
+    kept = json.loads((run / "evals" / "pgd-2-1-last-n20.json").read_text())
+    assert kept["attack"]["alpha"] == pytest.approx(0.25) and kept["robust_acc"] == default["robust_acc"]
+
+
 def test_best_checkpoint_records_how_it_was_chosen(run):
     result = evaluate_path(run, attack="fgsm", which="best", n=20, checks=False)
     scores = [r["val/pgd_acc"] for r in RunFolder(run).read_metrics() if "val/pgd_acc" in r]
