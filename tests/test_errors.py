@@ -234,6 +234,14 @@ def _changed_data(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _no_val(tmp: Path, run: Path, p: dict) -> Path:
+    """A checkpoint of a run trained without a validation split (val_size=0)."""
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt.pop("sha256")
+    torch.save({**ckpt, "config": {**ckpt["config"], "val_size": 0}}, tmp / "noval.pt")
+    return tmp / "noval.pt"
+
+
 def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -327,7 +335,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
-    "LOCKED": _locked, "CHANGEDDATA": _changed_data,
+    "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},

@@ -97,3 +97,16 @@ def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, kw, fragmen
     with pytest.raises(ConfigError) as e:
         measure_path(tmp_path / "missing", **kw)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def no_val_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("measure") / "run"
+    train(load_config("quickstart", FAST + ["val_size=0"]), run, quiet=True)
+    return run
+
+
+def test_an_empty_validation_split_is_one_line_not_a_division_by_zero(no_val_run):
+    with pytest.raises(ConfigError, match="has no images .*val_size=0"):
+        measure_path(no_val_run, split="val", quiet=True)
+    assert not (no_val_run / "evals").exists()

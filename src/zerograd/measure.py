@@ -143,6 +143,9 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
     check_available(cfg.dataset, cfg.data_dir)
     data = load_data(cfg.dataset, **data_options(cfg, dev, test_subset=None, stream=False))
     part = getattr(data, split)
+    if len(part) == 0:  # only the validation split can be: a run trained with val_size=0
+        raise ConfigError(f"--split={split} of {str(ckpt_path)!r} has no images (the run's "
+                          f"val_size={cfg.val_size}): measure on --split train or test")
     if n is not None:
         if n > len(part):
             raise ConfigError(f"--n={n} exceeds the {len(part)} images of the {split} split")
