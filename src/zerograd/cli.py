@@ -337,7 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="mini-batch size (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
-    p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json)")
+    p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json; "
+                   "another --split or --methods adds -SPLIT / -M1+M2 after tableT)")
     p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_measure)

@@ -127,14 +127,21 @@ def _check(table, split, n, batch_size) -> None:
             raise ConfigError(f"{name}={value} is invalid: must be >= 1")
 
 
+def result_label(table: int, split: str, methods: list[str] | None) -> str:
+    """table10, or table10-test-fgsm+pgd2: another split or a subset of the methods is
+    another measurement, so it never overwrites the whole table of the training split."""
+    return (f"table{table}" + ("" if split == "train" else f"-{split}")
+            + ("" if methods is None else "-" + "+".join(methods)))
+
+
 def measure_path(path, *, table: int = 10, which: str = "last", split: str = "train",
                  n: int | None = None, methods: list[str] | None = None, batch_size: int | None = None,
                  seed: int = 0, data_dir=None, device: str = "auto", out=None,
                  write: bool = True, quiet: bool = False, model=None) -> dict:
     """`zerograd measure`: Table 10 or Table 4 of a run folder's (or a checkpoint file's)
     model over a split of its data (the run's training split by default; `n`: its first n
-    images). Writes a results file (RUN/evals/table<T>-<checkpoint>-n<N>.json) and prints the
-    table unless `quiet`."""
+    images). Writes a results file (RUN/evals/table<T>-<checkpoint>-n<N>.json, tagged by
+    `result_label` for another split or a subset of methods) and prints the table unless `quiet`."""
     _check(table, split, n, batch_size)
     rows_of(table, methods)
     dev = resolve_device(device)
@@ -164,7 +171,9 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
               "seconds": round(time.perf_counter() - t0, 3),
               **checkpoint_facts(ckpt_path, ckpt, cfg)}
     if write:
-        target = Path(out) if out is not None else results_path(ckpt_path, f"table{table}", len(part))
+        target = Path(out) if out is not None else results_path(ckpt_path, result_label(
+            table, split, None if methods is None else list(values)),
+                                                                len(part))
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, result)
         result["results_file"] = str(target)
