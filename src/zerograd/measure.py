@@ -171,9 +171,8 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
               "seconds": round(time.perf_counter() - t0, 3),
               **checkpoint_facts(ckpt_path, ckpt, cfg)}
     if write:
-        target = Path(out) if out is not None else results_path(ckpt_path, result_label(
-            table, split, None if methods is None else list(values)),
-                                                                len(part))
+        label = result_label(table, split, None if methods is None else list(values))
+        target = Path(out) if out is not None else results_path(ckpt_path, label, len(part))
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, result)
         result["results_file"] = str(target)
