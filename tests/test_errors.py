@@ -41,6 +41,11 @@ def finished_run(tmp_path_factory) -> Path:
     return out
 
 
+def _copy_file(src: Path, dest: Path) -> Path:
+    dest.write_bytes(src.read_bytes())
+    return dest
+
+
 def _copy(src: Path, dest: Path) -> Path:
     import shutil
 
@@ -336,6 +341,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
+    "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},

@@ -80,6 +80,15 @@ def test_best_checkpoint_records_how_it_was_chosen(run):
     assert "checks" not in result
 
 
+def test_a_checkpoint_file_with_another_checkpoint_chosen_is_refused(run, tmp_path):
+    """`zerograd eval RUN/checkpoints/epoch-1.pt --checkpoint best` asks for two checkpoints:
+    one line, rather than silently evaluating epoch-1 as if it were best."""
+    for which in ("best", "last"):
+        with pytest.raises(ConfigError, match=f"--checkpoint {which} chooses a run folder's checkpoint"):
+            evaluate_path(run / "checkpoints" / "epoch-1.pt", which=which, n=10, checks=False)
+    assert not list((run / "evals").glob("*epoch-1*"))
+
+
 def test_checkpoint_outside_a_run_gets_its_results_beside_it(run, tmp_path):
     ckpt = tmp_path / "model.pt"
     shutil.copy(run / "checkpoints" / "last.pt", ckpt)

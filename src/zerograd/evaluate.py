@@ -96,7 +96,7 @@ def _progress_printer(quiet: bool):
 
 
 def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=None, alpha=None,
-                  eps=None, which="last", data_dir=None, batch_size=256, seed=0, device="auto",
+                  eps=None, which=None, data_dir=None, batch_size=256, seed=0, device="auto",
                   version: str = "standard", attacks: list[str] | None = None, state=None,
                   attack_params: dict | None = None, out=None, checks: bool = True,
                   check_steps: int = 10, write: bool = True, quiet: bool = True, model=None) -> dict:

@@ -28,7 +28,7 @@ META = "model.json"
 REQUIRED = ("architecture", "model_args", "num_classes", "in_channels", "mean", "std")
 
 
-def export_model(path, out=None, *, which: str = "last", force: bool = False, model=None) -> Path:
+def export_model(path, out=None, *, which: str | None = None, force: bool = False, model=None) -> Path:
     """Write model.safetensors and model.json for a run folder's (or a checkpoint's) model to
     `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file). A run of
     your own model needs `model` (its spec, or a module of its class): see docs/api.md."""

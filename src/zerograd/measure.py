@@ -134,7 +134,7 @@ def result_label(table: int, split: str, methods: list[str] | None) -> str:
             + ("" if methods is None else "-" + "+".join(methods)))
 
 
-def measure_path(path, *, table: int = 10, which: str = "last", split: str = "train",
+def measure_path(path, *, table: int = 10, which: str | None = None, split: str = "train",
                  n: int | None = None, methods: list[str] | None = None, batch_size: int | None = None,
                  seed: int = 0, data_dir=None, device: str = "auto", out=None,
                  write: bool = True, quiet: bool = False, model=None) -> dict:
