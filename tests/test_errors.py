@@ -247,6 +247,26 @@ def _no_val(tmp: Path, run: Path, p: dict) -> Path:
     return tmp / "noval.pt"
 
 
+def _stale_out(tmp: Path, run: Path, p: dict) -> Path:
+    """An --out folder whose run r-s0 finished with epochs=1 (the experiment STALEEXP now says 2)."""
+    import shutil
+
+    shutil.copytree(run, tmp / "staleout" / "r-s0")
+    return tmp / "staleout"
+
+
+def _stale_experiment(tmp: Path, run: Path, p: dict) -> Path:
+    """An experiment of one run, r, with the finished run's config but epochs=2."""
+    import yaml
+
+    from zerograd.runfolder import RunFolder
+
+    base = {**RunFolder(run).read_config().to_dict(), "epochs": 2}
+    base.pop("seed")
+    (tmp / "stale.yaml").write_text(yaml.safe_dump({"base": base, "seeds": [0], "runs": {"r": {}}}))
+    return tmp / "stale.yaml"
+
+
 def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
     from safetensors.torch import save_file
 
@@ -341,6 +361,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
+    "STALEOUT": _stale_out, "STALEEXP": _stale_experiment,
     "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},

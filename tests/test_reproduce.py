@@ -104,3 +104,17 @@ def test_reproduce_resumes_an_interrupted_run_of_the_same_config(tmp_path):
     run.config_file.write_text(run.config_file.read_text().replace("q: 0.25", "q: 0.3"))
     reproduce(str(exp), out, only=["zg"], quiet=True)  # another config: started afresh
     assert run.finished and run.read_config().method_args["q"] == 0.25
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path):
+    """The experiment changed after a run finished (here its q): reproducing into the same
+    --out refuses in one line before any work, instead of keeping the old run and reporting
+    it as the new setting."""
+    exp = write_experiment(tmp_path)
+    out = tmp_path / "out"
+    reproduce(str(exp), out, only=["zg"], quiet=True)
+    exp.write_text(exp.read_text().replace("q: 0.25", "q: 0.3"))
+    (out / "report.md").unlink()
+    with pytest.raises(ConfigError, match=r"zg-s3' holds a finished run of another config \(method_args: "):
+        reproduce(str(exp), out, only=["zg"], quiet=True)
+    assert RunFolder(out / "zg-s3").read_config().method_args["q"] == 0.25 and not (out / "report.md").exists()
