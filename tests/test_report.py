@@ -249,3 +249,17 @@ def test_autoattack_column_finds_the_results_files_zerograd_eval_writes(tmp_path
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[10].strip() == "20.00 (1/2)"
+
+
+def test_null_and_inf_values_in_metrics_are_skipped_not_a_crash(tmp_path):
+    """metrics.jsonl may hold null (a NaN) or 'inf' for a measured value (check_record accepts
+    them): the CO rules and the s/epoch column skip such values, as the plots do."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.3, 0.02, 0.01], fgsm=[0.3, 0.4, 0.9, 0.9], robust=0.0)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[0].update({"val/pgd_acc": None, "time/epoch_s": "inf"})
+    records[1]["val/fgsm_acc"] = "inf"
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert co_epoch(read_run(run)) == 3 and persistent_co_epoch(read_run(run)) == 3
+    row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[3].strip() == "1/1" and row.split("|")[11].strip() == "2.0"

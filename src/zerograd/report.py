@@ -86,9 +86,15 @@ def co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
     opt = options or GuardOptions()
     det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
     for r in run.epochs:
-        if "val/pgd_acc" in r and det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")):
+        pgd = _number(r.get("val/pgd_acc"))
+        if pgd is not None and det.update(pgd, _number(r.get("val/fgsm_acc"))):
             return int(r["epoch"])
     return None
+
+
+def _number(v) -> float | None:
+    """A finite measured value, else None: metrics.jsonl may hold null or 'inf' for one."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
@@ -98,8 +104,8 @@ def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> 
     dip, or a collapse the guard rolled back)."""
     opt = options or GuardOptions()
     det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
-    epochs = [r for r in run.epochs if isinstance(r.get("val/pgd_acc"), (int, float))]
-    flagged = [det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")) for r in epochs]
+    epochs = [r for r in run.epochs if _number(r.get("val/pgd_acc")) is not None]
+    flagged = [det.update(r["val/pgd_acc"], _number(r.get("val/fgsm_acc"))) for r in epochs]
     below, best = [], -1.0
     for r in epochs:
         best = max(best, r["val/pgd_acc"])
@@ -198,7 +204,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
         evals = [final_eval(r) for r in members]
         attacks = {_attack_name(e) for e in evals if e}
         cos = [co_epoch(r) for r in members]
-        times = [x["time/epoch_s"] for r in members for x in r.epochs if "time/epoch_s" in x]
+        times = [x["time/epoch_s"] for r in members for x in r.epochs if _number(x.get("time/epoch_s")) is not None]
         rollbacks = sum(1 for r in members for e in r.events if e.get("event") == "rollback")
         seconds = f"{statistics.mean(times):.1f}" if times else "-"
         lines.append(
