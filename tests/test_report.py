@@ -263,3 +263,17 @@ def test_null_and_inf_values_in_metrics_are_skipped_not_a_crash(tmp_path):
     row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[3].strip() == "1/1" and row.split("|")[11].strip() == "2.0"
+
+
+def test_autoattack_column_ignores_an_evaluation_at_another_eps(tmp_path):
+    """`zerograd eval RUN --attack autoattack --eps 16/255` is another budget: newer or not,
+    it is not the AutoAttack accuracy of the run's own eps."""
+    run = make_run(tmp_path / "s0", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    (run / "evals").mkdir()
+    for name, eps, acc, created in (("aa.json", 8 / 255, 0.2, "2026-01-01"), ("aa-eps.json", 16 / 255, 0.05, "2026-02-01")):
+        (run / "evals" / name).write_text(json.dumps({
+            "clean_acc": 0.5, "robust_acc": acc, "n": 100, "checkpoint": "last", "created": created,
+            "attack": {"name": "autoattack", "version": "standard", "eps": eps}}))
+    row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[10].strip() == "20.00"

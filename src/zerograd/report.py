@@ -175,14 +175,23 @@ def final_eval(run: RunRecord) -> dict | None:
 
 
 def autoattack_eval(run: RunRecord) -> dict | None:
-    """The run's standard AutoAttack result of the checkpoint and images its eval.json used
-    (the newest, if several), so the column compares the same model on the same points."""
+    """The run's standard AutoAttack result of the checkpoint, images and eps its eval.json
+    used (the newest, if several), so the column compares the same model on the same points
+    under the same budget."""
     final = final_eval(run) or {}
     same = [e for _, e in run.evals if (e.get("attack") or {}).get("name") == "autoattack"
             and (e["attack"].get("version") or "standard") == "standard"
             and _checkpoint_kind(e) == final.get("checkpoint") and e.get("n") == final.get("n")
-            and e.get("checkpoint_epoch") == final.get("checkpoint_epoch")]
+            and e.get("checkpoint_epoch") == final.get("checkpoint_epoch") and _same_eps(e, final)]
     return max(same, key=lambda e: str(e.get("created", "")), default=None)
+
+
+def _same_eps(e: dict, final: dict) -> bool:
+    """An evaluation at eval.json's eps (`zerograd eval --eps` evaluates at another one)."""
+    eps, at = e["attack"].get("eps"), (final.get("attack") or {}).get("eps")
+    if eps is None or at is None:  # a file that does not say: taken at its word
+        return True
+    return isinstance(eps, (int, float)) and isinstance(at, (int, float)) and math.isclose(eps, at, rel_tol=1e-9)
 
 
 def _checkpoint_kind(e: dict):
@@ -504,7 +513,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
              "PGD accuracy stays below half its best to the last epoch; not a dip the run recovered from or a "
              "collapse rolled back), with the epoch it began. "
              "AutoAttack: the standard AutoAttack result (`zerograd eval RUN --attack autoattack`) of the "
-             "same checkpoint and images as `eval.json`, where one exists."), ""]
+             "same checkpoint, images and eps as `eval.json`, where one exists."), ""]
     lines += comparison_table(runs)
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
