@@ -118,3 +118,30 @@ def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path):
     with pytest.raises(ConfigError, match=r"zg-s3' holds a finished run of another config \(method_args: "):
         reproduce(str(exp), out, only=["zg"], quiet=True)
     assert RunFolder(out / "zg-s3").read_config().method_args["q"] == 0.25 and not (out / "report.md").exists()
+
+
+def test_a_keep_cut_short_over_a_kept_run_leaves_it_unfinished(tmp_path, monkeypatch):
+    """Copying a run over an earlier kept one and failing after config.yaml: the kept folder
+    must not pair the old eval.json with the new config (report would show old numbers as
+    the new setting); it is left unfinished until a copy completes."""
+    from zerograd import runfolder
+
+    old = make_run(tmp_path / "old", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.1)
+    new = make_run(tmp_path / "new", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.4, method="zerograd")
+    dest = tmp_path / "kept"
+    RunFolder(old).keep_small_files(dest)
+    real, calls = runfolder.atomic_write, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(runfolder, "atomic_write", failing)
+    with pytest.raises(OSError):
+        RunFolder(new).keep_small_files(dest)
+    assert not RunFolder(dest).finished
+    monkeypatch.setattr(runfolder, "atomic_write", real)
+    RunFolder(new).keep_small_files(dest)
+    assert json.loads((dest / "eval.json").read_text())["robust_acc"] == 0.4

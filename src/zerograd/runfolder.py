@@ -261,7 +261,9 @@ class RunFolder:
     def keep_small_files(self, dest: str | Path) -> RunFolder:
         """Copy this finished run's small files into the run folder `dest` (created), each
         atomically; evals/*.json that this run no longer has are removed from `dest`, so `dest`
-        mirrors it. Returns RunFolder(dest)."""
+        mirrors it. `dest`'s eval.json goes first and comes back last: a copy cut short over
+        an earlier kept run leaves an unfinished run, never the old results beside the new
+        config and metrics. Returns RunFolder(dest)."""
         if not self.finished:
             raise ConfigError(f"{str(self.path)!r} is not a finished run (no {RESULT}); nothing kept")
         kept = RunFolder(dest)
@@ -272,7 +274,8 @@ class RunFolder:
         except OSError as e:
             raise ConfigError(f"cannot create {str(kept.path)!r}: {e.strerror}") from None
         files = self.small_files()
-        for f in files:
+        kept.result_file.unlink(missing_ok=True)
+        for f in sorted(files, key=lambda f: f == self.result_file):  # eval.json last
             atomic_write(kept.path / f.relative_to(self.path), f.read_bytes())
         names = {f.name for f in files if f.parent == self.evals}
         for stale in kept.evals.glob("*.json"):
