@@ -277,3 +277,27 @@ def test_autoattack_column_ignores_an_evaluation_at_another_eps(tmp_path):
     row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[10].strip() == "20.00"
+
+
+def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
+    """A write that fails part-way (here: the file-size limit, as a full disk would) leaves
+    the previous report.md as it was, not a truncated new one."""
+    import resource
+    import signal
+
+    from zerograd import report
+
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    old = build_report([run], tmp_path / "rep", gradient_images=0).read_bytes()
+    (run / "eval.json").write_text((run / "eval.json").read_text().replace("0.3", "0.25"))
+    monkeypatch.setattr(report, "plot_run", lambda run, path: None)  # only report.md is written
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) // 2, limit[1]))
+    try:
+        with pytest.raises(OSError):
+            build_report([run], tmp_path / "rep", gradient_images=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (tmp_path / "rep" / "report.md").read_bytes() == old

@@ -21,6 +21,7 @@ from .config import data_options
 from .data import load_data, to_float
 from .detector import Detector
 from .errors import ConfigError
+from .files import atomic_write
 from .methods import METHODS, input_grad
 from .options import GuardOptions
 from .results import attack_title, is_result
@@ -553,7 +554,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
             except ConfigError as e:
                 lines += [f"(no gradient figure: {e})", ""]
     report = out / REPORT
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(report, ("\n".join(lines) + "\n").encode("utf-8"))  # a crash keeps the old report
     return report
 
 
