@@ -362,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
     p.add_argument("name", help="experiment name (e.g. cpu-co)")
     p.add_argument("--out", help="folder of the runs and the report (default runs/NAME)")
-    p.add_argument("--seeds", type=int64, nargs="*", help="override the experiment's seeds")
-    p.add_argument("--only", nargs="*", help="run only these settings (by name)")
+    # "+": a bare --only would otherwise mean every run (hours), a bare --seeds none at all
+    p.add_argument("--seeds", type=int64, nargs="+", help="override the experiment's seeds")
+    p.add_argument("--only", nargs="+", help="run only these settings (by name)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
