@@ -200,6 +200,12 @@ def _bad_config_run(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _not_json_result(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "notjson")
+    (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_')
+    return folder
+
+
 def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
     folder = _copy(run, tmp / "badresult")
     (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_acc": 0.9, "attack": {"name": "pgd"}}')
@@ -366,7 +372,7 @@ LAZY = {  # placeholders made only for the rows that use them
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},
-    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
+    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result, "NOTJSON": _not_json_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
     "HOTDATA": lambda tmp, run, p: fake_cifar10(tmp / "hotdata", data=300),

@@ -301,3 +301,13 @@ def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
         resource.setrlimit(resource.RLIMIT_FSIZE, limit)
         signal.signal(signal.SIGXFSZ, handler)
     assert (tmp_path / "rep" / "report.md").read_bytes() == old
+
+
+def test_a_results_file_that_is_not_json_is_one_line_not_a_silent_gap(tmp_path):
+    """A damaged eval.json (zerograd writes it atomically) would leave the run's row with
+    'n/a' and no word why: it is refused in one line naming the file, before anything is written."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.3)
+    (run / "eval.json").write_text('{"clean_acc": 0.5, "rob')
+    with pytest.raises(ConfigError, match="eval.json' is not JSON"):
+        build_report([run], tmp_path / "rep", gradient_images=0)
+    assert not (tmp_path / "rep").exists()

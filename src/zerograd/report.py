@@ -63,10 +63,11 @@ def read_run(path: str | Path) -> RunRecord:
     config = {**run.read_config_dict(), **run.read_config().to_dict()} if run.config_file.is_file() else {}
     evals = []
     for f in run.result_files():
-        try:
-            obj = json.loads(f.read_text())
+        try:  # written atomically by zerograd: one that does not parse was damaged or replaced
+            obj = json.loads(f.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
+            raise ConfigError(f"{str(f)!r} is not JSON, so its results cannot be reported; restore "
+                              "or delete it") from None
         if isinstance(obj, dict) and "robust_acc" in obj:
             if not is_result(obj):
                 raise ConfigError(f"{str(f)!r} is not a zerograd results file (accuracies, n or "
