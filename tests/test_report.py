@@ -311,3 +311,15 @@ def test_a_results_file_that_is_not_json_is_one_line_not_a_silent_gap(tmp_path):
     with pytest.raises(ConfigError, match="eval.json' is not JSON"):
         build_report([run], tmp_path / "rep", gradient_images=0)
     assert not (tmp_path / "rep").exists()
+
+
+def test_a_mean_over_fewer_runs_than_the_setting_has_says_so(tmp_path):
+    """Reporting while a seed is still training (no eval.json yet): the clean and robust
+    cells average the finished runs only and say '(2/3)', as the AutoAttack cell does."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.1 * (i + 1))
+            for i in range(3)]
+    (runs[2] / "eval.json").unlink()
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[2] == "3" and cells[7] == "50.00 ± 0.00 (2/3)" and cells[8] == "15.00 ± 7.07 (2/3)"

@@ -223,10 +223,17 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"{sum(c is not None for c in cos)}/{len(members)} | "
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
             f"{_at_end_cell([persistent_co_epoch(r) for r in members])} | {rollbacks} | "
-            f"{mean_std([e['clean_acc'] for e in evals if e])} | "
-            f"{mean_std([e['robust_acc'] for e in evals if e])} | {', '.join(sorted(attacks)) or '-'} | "
+            f"{_of_runs([e['clean_acc'] for e in evals if e], len(members))} | "
+            f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {', '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
     return lines
+
+
+def _of_runs(values: list[float], runs: int) -> str:
+    """mean +- std, with '(k/n)' when only k of the setting's n runs have an eval.json (the
+    others unfinished or stopped before it), so a mean over fewer seeds says so."""
+    cell = mean_std(values)
+    return cell if len(values) in (0, runs) else f"{cell} ({len(values)}/{runs})"
 
 
 def _at_end_cell(onsets: list[int | None]) -> str:
@@ -240,8 +247,7 @@ def _autoattack_cell(members: list[RunRecord]) -> str:
     found = [e for e in map(autoattack_eval, members) if e is not None]
     if not found:
         return "-"
-    cell = mean_std([e["robust_acc"] for e in found])
-    return cell if len(found) == len(members) else f"{cell} ({len(found)}/{len(members)})"
+    return _of_runs([e["robust_acc"] for e in found], len(members))
 
 
 def _attack_name(e: dict) -> str:
@@ -508,7 +514,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
 
     lines = ["# zerograd report", "", f"Runs: {', '.join(f'`{r.path}`' for r in runs)}", "",
              "## Comparison over seeds", "",
-             ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting). "
+             ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting; "
+             "'(k/n)': only k of its n runs have one yet). "
              "CO: runs where the catastrophic-overfitting detector (validation PGD accuracy below half its "
              "best while FGSM accuracy holds) fired, logged by the guard or found afterwards in "
              "`metrics.jsonl`. CO at end: runs whose collapse persists (from a flagged epoch on, validation "
