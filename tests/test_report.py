@@ -323,3 +323,14 @@ def test_a_mean_over_fewer_runs_than_the_setting_has_says_so(tmp_path):
                if line.startswith("| fgsm_rs alpha=2 |"))
     cells = [c.strip() for c in row.split("|")]
     assert cells[2] == "3" and cells[7] == "50.00 ± 0.00 (2/3)" and cells[8] == "15.00 ± 7.07 (2/3)"
+
+
+def test_a_run_given_twice_is_refused_not_counted_as_two_seeds(tmp_path, monkeypatch):
+    """`zerograd report runs/*-s0 runs/fgsm*` names fgsm-s0 twice: it would be two seeds of
+    its setting (a halved std, a doubled weight), so it is one line before anything is written."""
+    a = make_run(tmp_path / "a", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.1)
+    b = make_run(tmp_path / "b", seed=1, pgd=[0.2], fgsm=[0.3], robust=0.3)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"run folder 'a' is given twice \(also as '.*a'\)"):
+        build_report([a, b, "a/"], tmp_path / "rep", gradient_images=0)
+    assert not (tmp_path / "rep").exists()

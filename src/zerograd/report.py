@@ -499,6 +499,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     if not paths:
         raise ConfigError("report needs at least one run folder")
     runs = [read_run(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for r in runs:  # overlapping globs: a run given twice would count as two seeds
+        first = seen.setdefault(r.path.resolve(), r.path)
+        if first is not r.path:
+            raise ConfigError(f"run folder {str(r.path)!r} is given twice (also as {str(first)!r}); "
+                              "each run counts once: give it once")
     if out is None:
         if len(runs) > 1:
             raise ConfigError("several runs need --out DIR for the report")
