@@ -145,3 +145,10 @@ def test_a_keep_cut_short_over_a_kept_run_leaves_it_unfinished(tmp_path, monkeyp
     monkeypatch.setattr(runfolder, "atomic_write", real)
     RunFolder(new).keep_small_files(dest)
     assert json.loads((dest / "eval.json").read_text())["robust_acc"] == 0.4
+
+
+def test_a_seed_given_twice_is_refused_before_any_work(tmp_path):
+    exp = write_experiment(tmp_path)
+    with pytest.raises(ConfigError, match="seed 0 is given twice for run 'fgsm_rs'"):
+        reproduce(str(exp), tmp_path / "out", seeds=[0, 0], quiet=True)
+    assert not (tmp_path / "out").exists()

@@ -65,7 +65,12 @@ def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = 
         keys = dict(keys or {})
         run_seeds = keys.pop("seeds", spec.get("seeds", [0]))
         cfg = apply(base, keys, source=f"experiment {name!r}, run {run!r}")
-        for seed in (seeds if seeds is not None else run_seeds):
+        chosen = seeds if seeds is not None else run_seeds
+        repeated = sorted({s for s in chosen if chosen.count(s) > 1}, key=str)
+        if repeated:  # one folder per seed: a repeat would be reported as a second seed
+            raise ConfigError(f"seed {repeated[0]!r} is given twice for run {run!r} of {name!r}; "
+                              "give each seed once")
+        for seed in chosen:
             out.append((f"{run}-s{seed}", validate(apply(cfg, {"seed": seed}))))
     return out
 
