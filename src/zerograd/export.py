@@ -68,6 +68,9 @@ def export_model(path, out=None, *, which: str | None = None, force: bool = Fals
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # in memory, then the one atomic write: a crash never leaves a half-written weights file
     atomic_write(out / WEIGHTS, save(weights, metadata={"format": "pt"}))
+    # the old model.json describes the old weights: gone before the new one is written, so a
+    # failure here leaves an export that is refused as incomplete, never a mismatched pair
+    (out / META).unlink(missing_ok=True)
     write_json(out / META, meta)
     return out
 
