@@ -334,3 +334,16 @@ def test_a_run_given_twice_is_refused_not_counted_as_two_seeds(tmp_path, monkeyp
     with pytest.raises(ConfigError, match=r"run folder 'a' is given twice \(also as '.*a'\)"):
         build_report([a, b, "a/"], tmp_path / "rep", gradient_images=0)
     assert not (tmp_path / "rep").exists()
+
+
+def test_every_run_gets_its_own_plot_file(tmp_path):
+    """Runs named s0 (twice), s0-2 and overview: each plot file is one run's (the overview
+    plot of all runs included), none overwritten by another."""
+    from zerograd.report import _unique_names
+
+    folders = [tmp_path / "a" / "s0", tmp_path / "b" / "s0", tmp_path / "c" / "s0-2", tmp_path / "d" / "overview",
+               tmp_path / "e" / "x", tmp_path / "f" / "x-gradients"]
+    runs = [read_run(make_run(f, seed=i, pgd=[0.2], fgsm=[0.3], robust=0.1)) for i, f in enumerate(folders)]
+    names = _unique_names(runs)
+    files = [p for n in names for p in (n, f"{n}-gradients")] + ["overview"]
+    assert len(set(files)) == len(files) and names[0] == "s0"

@@ -573,9 +573,14 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
 
 
 def _unique_names(runs: list[RunRecord]) -> list[str]:
-    names, seen = [], {}
+    """A name per run for its plots (NAME.png, NAME-gradients.png) that no other plot has:
+    runs of the same folder name get -2, -3, ...; never overview.png or another's file."""
+    names, taken = [], {"overview"}
     for r in runs:
-        n = r.name
-        seen[n] = seen.get(n, 0) + 1
-        names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+        n, k = r.name, 1
+        while n in taken or f"{n}-gradients" in taken:
+            k += 1
+            n = f"{r.name}-{k}"
+        taken.update((n, f"{n}-gradients"))
+        names.append(n)
     return names
