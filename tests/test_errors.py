@@ -41,6 +41,11 @@ def finished_run(tmp_path_factory) -> Path:
     return out
 
 
+def _copy_file(src: Path, dest: Path) -> Path:
+    dest.write_bytes(src.read_bytes())
+    return dest
+
+
 def _copy(src: Path, dest: Path) -> Path:
     import shutil
 
@@ -195,6 +200,12 @@ def _bad_config_run(tmp: Path, run: Path, p: dict) -> Path:
     return folder
 
 
+def _not_json_result(tmp: Path, run: Path, p: dict) -> Path:
+    folder = _copy(run, tmp / "notjson")
+    (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_')
+    return folder
+
+
 def _bad_result(tmp: Path, run: Path, p: dict) -> Path:
     folder = _copy(run, tmp / "badresult")
     (folder / "eval.json").write_text('{"robust_acc": 0.5, "clean_acc": 0.9, "attack": {"name": "pgd"}}')
@@ -232,6 +243,34 @@ def _changed_data(tmp: Path, run: Path, p: dict) -> Path:
     text += "data:\n  fingerprint: 0123456789abcdef\n  images: {train: 7, test: 3}\n"
     (folder / "config.yaml").write_text(text)
     return folder
+
+
+def _no_val(tmp: Path, run: Path, p: dict) -> Path:
+    """A checkpoint of a run trained without a validation split (val_size=0)."""
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt.pop("sha256")
+    torch.save({**ckpt, "config": {**ckpt["config"], "val_size": 0}}, tmp / "noval.pt")
+    return tmp / "noval.pt"
+
+
+def _stale_out(tmp: Path, run: Path, p: dict) -> Path:
+    """An --out folder whose run r-s0 finished with epochs=1 (the experiment STALEEXP now says 2)."""
+    import shutil
+
+    shutil.copytree(run, tmp / "staleout" / "r-s0")
+    return tmp / "staleout"
+
+
+def _stale_experiment(tmp: Path, run: Path, p: dict) -> Path:
+    """An experiment of one run, r, with the finished run's config but epochs=2."""
+    import yaml
+
+    from zerograd.runfolder import RunFolder
+
+    base = {**RunFolder(run).read_config().to_dict(), "epochs": 2}
+    base.pop("seed")
+    (tmp / "stale.yaml").write_text(yaml.safe_dump({"base": base, "seeds": [0], "runs": {"r": {}}}))
+    return tmp / "stale.yaml"
 
 
 def _nan_weights(tmp: Path, run: Path, p: dict) -> Path:
@@ -327,11 +366,13 @@ LAZY = {  # placeholders made only for the rows that use them
     "NANWEIGHTS": _nan_weights, "JUNKWEIGHTS": _junk_weights, "EMPTYWEIGHTS": _empty_weights,
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
-    "LOCKED": _locked, "CHANGEDDATA": _changed_data,
+    "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
+    "STALEOUT": _stale_out, "STALEEXP": _stale_experiment,
+    "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},
-    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result,
+    "BADCFGRUN": _bad_config_run, "BADRESULT": _bad_result, "NOTJSON": _not_json_result,
     "BOMBYAML": _bomb, "RECYAML": _recursive, "FLIPPED": _flipped, "QEDITED": _q_edited,
     "BADMETRICS": _bad_metrics, "BADMETRICSU": _bad_metrics_unfinished,
     "HOTDATA": lambda tmp, run, p: fake_cifar10(tmp / "hotdata", data=300),

@@ -111,3 +111,27 @@ def test_a_failed_export_keeps_the_previous_weights_whole(tmp_path, monkeypatch)
     assert (out / "model.safetensors").read_bytes() == before
     assert load_file(str(out / "model.safetensors")).keys()
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.safetensors"]
+
+
+def test_force_failing_after_the_weights_never_pairs_them_with_the_old_json(tmp_path, monkeypatch):
+    """--force over an export of another checkpoint: the new weights are written, then
+    model.json fails. The old model.json (another source checkpoint, epoch and SHA-256) must
+    not describe the new weights; the export is refused as incomplete instead."""
+    from zerograd import export
+    from zerograd.errors import StorageError
+
+    run = fake_run(tmp_path, width=4)
+    out = export_model(run)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
+    ckpt["model"] = {k: v * 2 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    ckpt["epoch"] = 9
+    save_checkpoint(run / "checkpoints" / "last.pt", ckpt)
+
+    def full(path, obj):
+        raise StorageError(f"cannot write {str(path)!r}: No space left on device")
+
+    monkeypatch.setattr(export, "write_json", full)
+    with pytest.raises(StorageError):
+        export_model(run, force=True)
+    with pytest.raises(ConfigError, match="model.json is missing"):
+        load_exported(out)

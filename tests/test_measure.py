@@ -97,3 +97,27 @@ def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, kw, fragmen
     with pytest.raises(ConfigError) as e:
         measure_path(tmp_path / "missing", **kw)
     assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture(scope="module")
+def no_val_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("measure") / "run"
+    train(load_config("quickstart", FAST + ["val_size=0"]), run, quiet=True)
+    return run
+
+
+def test_an_empty_validation_split_is_one_line_not_a_division_by_zero(no_val_run):
+    with pytest.raises(ConfigError, match="has no images .*val_size=0"):
+        measure_path(no_val_run, split="val", quiet=True)
+    assert not (no_val_run / "evals").exists()
+
+
+def test_another_split_or_a_subset_never_overwrites_the_whole_table(no_val_run):
+    whole = measure_path(no_val_run, n=20, quiet=True)
+    test = measure_path(no_val_run, split="test", n=20, quiet=True)
+    subset = measure_path(no_val_run, n=20, methods=["fgsm"], quiet=True)
+    evals = no_val_run / "evals"
+    assert test["results_file"] == str(evals / "table10-test-last-n20.json")
+    assert subset["results_file"] == str(evals / "table10-fgsm-last-n20.json")
+    kept = json.loads((evals / "table10-last-n20.json").read_text())
+    assert kept["split"] == "train" and kept["values"] == whole["values"] and len(kept["values"]) > 1

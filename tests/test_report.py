@@ -231,3 +231,119 @@ def test_the_size_of_the_training_perturbations_is_tabled_at_epoch_2_and_the_las
     assert "| a | fgsm_rs alpha=2 | 6.50 | 3 | 6.25 |" in text
     assert "| b | zerograd | 5.50 | 3 | 5.12 |" in text
     assert "| c |" not in text.split("## Size of the training perturbations")[1].split("## Evaluations")[0]
+
+
+def test_autoattack_column_finds_the_results_files_zerograd_eval_writes(tmp_path):
+    """`zerograd eval` records the checkpoint's path (and its kind and epoch), eval.json only
+    its kind and epoch: the column matches them by kind and epoch, so an AutoAttack of the
+    same last.pt counts and one of an earlier last.pt (evaluated mid-training) does not."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3) for i in range(2)]
+    for run, acc, epoch in zip(runs, (0.2, 0.1), (2, 1)):
+        final = json.loads((run / "eval.json").read_text())
+        (run / "eval.json").write_text(json.dumps({**final, "checkpoint_epoch": 2}))
+        (run / "evals").mkdir()
+        (run / "evals" / "autoattack-standard-last-n100.json").write_text(json.dumps({
+            "clean_acc": 0.5, "robust_acc": acc, "n": 100, "checkpoint": str(run / "checkpoints" / "last.pt"),
+            "checkpoint_kind": "last", "checkpoint_epoch": epoch,
+            "attack": {"name": "autoattack", "version": "standard"}}))
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[10].strip() == "20.00 (1/2)"
+
+
+def test_null_and_inf_values_in_metrics_are_skipped_not_a_crash(tmp_path):
+    """metrics.jsonl may hold null (a NaN) or 'inf' for a measured value (check_record accepts
+    them): the CO rules and the s/epoch column skip such values, as the plots do."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.3, 0.02, 0.01], fgsm=[0.3, 0.4, 0.9, 0.9], robust=0.0)
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    records[0].update({"val/pgd_acc": None, "time/epoch_s": "inf"})
+    records[1]["val/fgsm_acc"] = "inf"
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert co_epoch(read_run(run)) == 3 and persistent_co_epoch(read_run(run)) == 3
+    row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[3].strip() == "1/1" and row.split("|")[11].strip() == "2.0"
+
+
+def test_autoattack_column_ignores_an_evaluation_at_another_eps(tmp_path):
+    """`zerograd eval RUN --attack autoattack --eps 16/255` is another budget: newer or not,
+    it is not the AutoAttack accuracy of the run's own eps."""
+    run = make_run(tmp_path / "s0", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    (run / "evals").mkdir()
+    for name, eps, acc, created in (("aa.json", 8 / 255, 0.2, "2026-01-01"), ("aa-eps.json", 16 / 255, 0.05, "2026-02-01")):
+        (run / "evals" / name).write_text(json.dumps({
+            "clean_acc": 0.5, "robust_acc": acc, "n": 100, "checkpoint": "last", "created": created,
+            "attack": {"name": "autoattack", "version": "standard", "eps": eps}}))
+    row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[10].strip() == "20.00"
+
+
+def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
+    """A write that fails part-way (here: the file-size limit, as a full disk would) leaves
+    the previous report.md as it was, not a truncated new one."""
+    import resource
+    import signal
+
+    from zerograd import report
+
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    old = build_report([run], tmp_path / "rep", gradient_images=0).read_bytes()
+    (run / "eval.json").write_text((run / "eval.json").read_text().replace("0.3", "0.25"))
+    monkeypatch.setattr(report, "plot_run", lambda run, path: None)  # only report.md is written
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) // 2, limit[1]))
+    try:
+        with pytest.raises(OSError):
+            build_report([run], tmp_path / "rep", gradient_images=0)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limit)
+        signal.signal(signal.SIGXFSZ, handler)
+    assert (tmp_path / "rep" / "report.md").read_bytes() == old
+
+
+def test_a_results_file_that_is_not_json_is_one_line_not_a_silent_gap(tmp_path):
+    """A damaged eval.json (zerograd writes it atomically) would leave the run's row with
+    'n/a' and no word why: it is refused in one line naming the file, before anything is written."""
+    run = make_run(tmp_path / "r", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.3)
+    (run / "eval.json").write_text('{"clean_acc": 0.5, "rob')
+    with pytest.raises(ConfigError, match="eval.json' is not JSON"):
+        build_report([run], tmp_path / "rep", gradient_images=0)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_a_mean_over_fewer_runs_than_the_setting_has_says_so(tmp_path):
+    """Reporting while a seed is still training (no eval.json yet): the clean and robust
+    cells average the finished runs only and say '(2/3)', as the AutoAttack cell does."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.1 * (i + 1))
+            for i in range(3)]
+    (runs[2] / "eval.json").unlink()
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[2] == "3" and cells[7] == "50.00 ± 0.00 (2/3)" and cells[8] == "15.00 ± 7.07 (2/3)"
+
+
+def test_a_run_given_twice_is_refused_not_counted_as_two_seeds(tmp_path, monkeypatch):
+    """`zerograd report runs/*-s0 runs/fgsm*` names fgsm-s0 twice: it would be two seeds of
+    its setting (a halved std, a doubled weight), so it is one line before anything is written."""
+    a = make_run(tmp_path / "a", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.1)
+    b = make_run(tmp_path / "b", seed=1, pgd=[0.2], fgsm=[0.3], robust=0.3)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match=r"run folder 'a' is given twice \(also as '.*a'\)"):
+        build_report([a, b, "a/"], tmp_path / "rep", gradient_images=0)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_every_run_gets_its_own_plot_file(tmp_path):
+    """Runs named s0 (twice), s0-2 and overview: each plot file is one run's (the overview
+    plot of all runs included), none overwritten by another."""
+    from zerograd.report import _unique_names
+
+    folders = [tmp_path / "a" / "s0", tmp_path / "b" / "s0", tmp_path / "c" / "s0-2", tmp_path / "d" / "overview",
+               tmp_path / "e" / "x", tmp_path / "f" / "x-gradients"]
+    runs = [read_run(make_run(f, seed=i, pgd=[0.2], fgsm=[0.3], robust=0.1)) for i, f in enumerate(folders)]
+    names = _unique_names(runs)
+    files = [p for n in names for p in (n, f"{n}-gradients")] + ["overview"]
+    assert len(set(files)) == len(files) and names[0] == "s0"

@@ -104,3 +104,51 @@ def test_reproduce_resumes_an_interrupted_run_of_the_same_config(tmp_path):
     run.config_file.write_text(run.config_file.read_text().replace("q: 0.25", "q: 0.3"))
     reproduce(str(exp), out, only=["zg"], quiet=True)  # another config: started afresh
     assert run.finished and run.read_config().method_args["q"] == 0.25
+
+
+def test_a_finished_run_of_another_config_is_refused_not_reported(tmp_path):
+    """The experiment changed after a run finished (here its q): reproducing into the same
+    --out refuses in one line before any work, instead of keeping the old run and reporting
+    it as the new setting."""
+    exp = write_experiment(tmp_path)
+    out = tmp_path / "out"
+    reproduce(str(exp), out, only=["zg"], quiet=True)
+    exp.write_text(exp.read_text().replace("q: 0.25", "q: 0.3"))
+    (out / "report.md").unlink()
+    with pytest.raises(ConfigError, match=r"zg-s3' holds a finished run of another config \(method_args: "):
+        reproduce(str(exp), out, only=["zg"], quiet=True)
+    assert RunFolder(out / "zg-s3").read_config().method_args["q"] == 0.25 and not (out / "report.md").exists()
+
+
+def test_a_keep_cut_short_over_a_kept_run_leaves_it_unfinished(tmp_path, monkeypatch):
+    """Copying a run over an earlier kept one and failing after config.yaml: the kept folder
+    must not pair the old eval.json with the new config (report would show old numbers as
+    the new setting); it is left unfinished until a copy completes."""
+    from zerograd import runfolder
+
+    old = make_run(tmp_path / "old", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.1)
+    new = make_run(tmp_path / "new", seed=0, pgd=[0.2], fgsm=[0.3], robust=0.4, method="zerograd")
+    dest = tmp_path / "kept"
+    RunFolder(old).keep_small_files(dest)
+    real, calls = runfolder.atomic_write, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(runfolder, "atomic_write", failing)
+    with pytest.raises(OSError):
+        RunFolder(new).keep_small_files(dest)
+    assert not RunFolder(dest).finished
+    monkeypatch.setattr(runfolder, "atomic_write", real)
+    RunFolder(new).keep_small_files(dest)
+    assert json.loads((dest / "eval.json").read_text())["robust_acc"] == 0.4
+
+
+def test_a_seed_given_twice_is_refused_before_any_work(tmp_path):
+    exp = write_experiment(tmp_path)
+    with pytest.raises(ConfigError, match="seed 0 is given twice for run 'fgsm_rs'"):
+        reproduce(str(exp), tmp_path / "out", seeds=[0, 0], quiet=True)
+    assert not (tmp_path / "out").exists()

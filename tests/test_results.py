@@ -60,6 +60,16 @@ def test_results_file_describes_the_evaluation(run):
     assert result["checks_passed"] == all(c["passed"] for c in result["checks"])
 
 
+def test_another_pgd_step_gets_its_own_results_file(run):
+    """--alpha other than the run's test_alpha is another attack: its results file is tagged,
+    so it does not overwrite the one of the run's own step (as --eps is tagged)."""
+    default = evaluate_path(run, n=20, steps=2, restarts=1, checks=False)
+    other = evaluate_path(run, n=20, steps=2, restarts=1, alpha=0.05, checks=False)
+    assert other["results_file"] == str(run / "evals" / "pgd-2-1-alpha0.05-last-n20.json")
+    kept = json.loads((run / "evals" / "pgd-2-1-last-n20.json").read_text())
+    assert kept["attack"]["alpha"] == pytest.approx(0.25) and kept["robust_acc"] == default["robust_acc"]
+
+
 def test_best_checkpoint_records_how_it_was_chosen(run):
     result = evaluate_path(run, attack="fgsm", which="best", n=20, checks=False)
     scores = [r["val/pgd_acc"] for r in RunFolder(run).read_metrics() if "val/pgd_acc" in r]
@@ -68,6 +78,15 @@ def test_best_checkpoint_records_how_it_was_chosen(run):
     assert "val/pgd_acc" in result["best_selected_by"] and "100 validation" in result["best_selected_by"]
     assert (run / "evals" / "fgsm-best-n20.json").is_file()
     assert "checks" not in result
+
+
+def test_a_checkpoint_file_with_another_checkpoint_chosen_is_refused(run, tmp_path):
+    """`zerograd eval RUN/checkpoints/epoch-1.pt --checkpoint best` asks for two checkpoints:
+    one line, rather than silently evaluating epoch-1 as if it were best."""
+    for which in ("best", "last"):
+        with pytest.raises(ConfigError, match=f"--checkpoint {which} chooses a run folder's checkpoint"):
+            evaluate_path(run / "checkpoints" / "epoch-1.pt", which=which, n=10, checks=False)
+    assert not list((run / "evals").glob("*epoch-1*"))
 
 
 def test_checkpoint_outside_a_run_gets_its_results_beside_it(run, tmp_path):

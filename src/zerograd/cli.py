@@ -91,7 +91,7 @@ def _eval(args) -> int:
             raise ConfigError(f"{external[0]} is for a model zerograd did not train, which has no run "
                               f"folder: give either RUN ({args.path!r}) or --model SPEC --weights FILE "
                               "--dataset NAME, not both")
-        result = evaluate_path(args.path, which=args.checkpoint or "last", model=args.model, **common)
+        result = evaluate_path(args.path, which=args.checkpoint, model=args.model, **common)
     else:
         if args.checkpoint is not None:
             raise ConfigError("--checkpoint chooses a run folder's checkpoint; --weights names the "
@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(safetensors + model.json)")
     p.add_argument("path", help="run folder or checkpoint file")
     p.add_argument("--out", help="folder (default RUN/export)")
-    p.add_argument("--checkpoint", choices=("last", "best"), default="last", help="which checkpoint of a run folder")
+    p.add_argument("--checkpoint", choices=("last", "best"), default=None,
+                   help="which checkpoint of a run folder (default last)")
     p.add_argument("--force", action="store_true", help="overwrite a non-empty folder")
     p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.set_defaults(func=_export)
@@ -330,14 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
                        "random starts) or Table 4 (mean |delta| x 255) of one model, every method")
     p.add_argument("path", help="run folder or checkpoint file (e.g. RUN/checkpoints/epoch-5.pt)")
     p.add_argument("--table", type=int, default=10, help="10 (default) or 4")
-    p.add_argument("--checkpoint", default="last", help="for a run folder: last (default) or best")
+    p.add_argument("--checkpoint", default=None, help="for a run folder: last (default), best or epoch-N")
     p.add_argument("--split", default="train", help="train (default: the run's training split), val or test")
     p.add_argument("--n", type=int, help="only the split's first N images")
     p.add_argument("--methods", nargs="+", help="subset of the measured methods")
     p.add_argument("--batch-size", type=int, help="mini-batch size (default: the run's)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
-    p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json)")
+    p.add_argument("--out", help="results file (default RUN/evals/tableT-CHECKPOINT-nN.json; "
+                   "another --split or --methods adds -SPLIT / -M1+M2 after tableT)")
     p.add_argument("--model", metavar="SPEC", help=MODEL_HELP_LOAD)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_measure)
@@ -360,8 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train and report a named experiment (see docs/reproduction.md)")
     p.add_argument("name", help="experiment name (e.g. cpu-co)")
     p.add_argument("--out", help="folder of the runs and the report (default runs/NAME)")
-    p.add_argument("--seeds", type=int64, nargs="*", help="override the experiment's seeds")
-    p.add_argument("--only", nargs="*", help="run only these settings (by name)")
+    # "+": a bare --only would otherwise mean every run (hours), a bare --seeds none at all
+    p.add_argument("--seeds", type=int64, nargs="+", help="override the experiment's seeds")
+    p.add_argument("--only", nargs="+", help="run only these settings (by name)")
     p.add_argument("--dry-run", action="store_true", help="print the equivalent train commands")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")

@@ -96,7 +96,7 @@ def _progress_printer(quiet: bool):
 
 
 def evaluate_path(path, *, attack: str = "pgd", n=None, steps=None, restarts=None, alpha=None,
-                  eps=None, which="last", data_dir=None, batch_size=256, seed=0, device="auto",
+                  eps=None, which=None, data_dir=None, batch_size=256, seed=0, device="auto",
                   version: str = "standard", attacks: list[str] | None = None, state=None,
                   attack_params: dict | None = None, out=None, checks: bool = True,
                   check_steps: int = 10, write: bool = True, quiet: bool = True, model=None) -> dict:
@@ -254,6 +254,8 @@ def _evaluate_model(model, cfg, facts: dict, *, dev, trained: bool, run: str | N
     planned = {"name": attack, "eps": eps_value, "steps": steps, "restarts": restarts,
                "version": version, "attacks": attacks}
     eps_tag = "" if eps_value == cfg.eps else f"-eps{eps_value:.4g}"
+    if attack == "pgd" and alpha != cfg.test_alpha:  # PGD with another step: another file
+        eps_tag += f"-alpha{alpha:.4g}"
     target = Path(out) if out is not None else target(attack_label(planned), len(data.test), eps_tag)
     if write:
         _check_writable(target, "results file")

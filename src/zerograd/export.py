@@ -28,7 +28,7 @@ META = "model.json"
 REQUIRED = ("architecture", "model_args", "num_classes", "in_channels", "mean", "std")
 
 
-def export_model(path, out=None, *, which: str = "last", force: bool = False, model=None) -> Path:
+def export_model(path, out=None, *, which: str | None = None, force: bool = False, model=None) -> Path:
     """Write model.safetensors and model.json for a run folder's (or a checkpoint's) model to
     `out` (default RUN/export, or <checkpoint stem>-export beside a checkpoint file). A run of
     your own model needs `model` (its spec, or a module of its class): see docs/api.md."""
@@ -68,6 +68,9 @@ def export_model(path, out=None, *, which: str = "last", force: bool = False, mo
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     # in memory, then the one atomic write: a crash never leaves a half-written weights file
     atomic_write(out / WEIGHTS, save(weights, metadata={"format": "pt"}))
+    # the old model.json describes the old weights: gone before the new one is written, so a
+    # failure here leaves an export that is refused as incomplete, never a mismatched pair
+    (out / META).unlink(missing_ok=True)
     write_json(out / META, meta)
     return out
 

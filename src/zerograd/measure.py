@@ -127,14 +127,21 @@ def _check(table, split, n, batch_size) -> None:
             raise ConfigError(f"{name}={value} is invalid: must be >= 1")
 
 
-def measure_path(path, *, table: int = 10, which: str = "last", split: str = "train",
+def result_label(table: int, split: str, methods: list[str] | None) -> str:
+    """table10, or table10-test-fgsm+pgd2: another split or a subset of the methods is
+    another measurement, so it never overwrites the whole table of the training split."""
+    return (f"table{table}" + ("" if split == "train" else f"-{split}")
+            + ("" if methods is None else "-" + "+".join(methods)))
+
+
+def measure_path(path, *, table: int = 10, which: str | None = None, split: str = "train",
                  n: int | None = None, methods: list[str] | None = None, batch_size: int | None = None,
                  seed: int = 0, data_dir=None, device: str = "auto", out=None,
                  write: bool = True, quiet: bool = False, model=None) -> dict:
     """`zerograd measure`: Table 10 or Table 4 of a run folder's (or a checkpoint file's)
     model over a split of its data (the run's training split by default; `n`: its first n
-    images). Writes a results file (RUN/evals/table<T>-<checkpoint>-n<N>.json) and prints the
-    table unless `quiet`."""
+    images). Writes a results file (RUN/evals/table<T>-<checkpoint>-n<N>.json, tagged by
+    `result_label` for another split or a subset of methods) and prints the table unless `quiet`."""
     _check(table, split, n, batch_size)
     rows_of(table, methods)
     dev = resolve_device(device)
@@ -143,6 +150,9 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
     check_available(cfg.dataset, cfg.data_dir)
     data = load_data(cfg.dataset, **data_options(cfg, dev, test_subset=None, stream=False))
     part = getattr(data, split)
+    if len(part) == 0:  # only the validation split can be: a run trained with val_size=0
+        raise ConfigError(f"--split={split} of {str(ckpt_path)!r} has no images (the run's "
+                          f"val_size={cfg.val_size}): measure on --split train or test")
     if n is not None:
         if n > len(part):
             raise ConfigError(f"--n={n} exceeds the {len(part)} images of the {split} split")
@@ -161,7 +171,8 @@ def measure_path(path, *, table: int = 10, which: str = "last", split: str = "tr
               "seconds": round(time.perf_counter() - t0, 3),
               **checkpoint_facts(ckpt_path, ckpt, cfg)}
     if write:
-        target = Path(out) if out is not None else results_path(ckpt_path, f"table{table}", len(part))
+        label = result_label(table, split, None if methods is None else list(values))
+        target = Path(out) if out is not None else results_path(ckpt_path, label, len(part))
         target.parent.mkdir(parents=True, exist_ok=True)
         write_json(target, result)
         result["results_file"] = str(target)

@@ -21,6 +21,7 @@ from .config import data_options
 from .data import load_data, to_float
 from .detector import Detector
 from .errors import ConfigError
+from .files import atomic_write
 from .methods import METHODS, input_grad
 from .options import GuardOptions
 from .results import attack_title, is_result
@@ -62,10 +63,11 @@ def read_run(path: str | Path) -> RunRecord:
     config = {**run.read_config_dict(), **run.read_config().to_dict()} if run.config_file.is_file() else {}
     evals = []
     for f in run.result_files():
-        try:
-            obj = json.loads(f.read_text())
+        try:  # written atomically by zerograd: one that does not parse was damaged or replaced
+            obj = json.loads(f.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
+            raise ConfigError(f"{str(f)!r} is not JSON, so its results cannot be reported; restore "
+                              "or delete it") from None
         if isinstance(obj, dict) and "robust_acc" in obj:
             if not is_result(obj):
                 raise ConfigError(f"{str(f)!r} is not a zerograd results file (accuracies, n or "
@@ -86,9 +88,15 @@ def co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
     opt = options or GuardOptions()
     det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
     for r in run.epochs:
-        if "val/pgd_acc" in r and det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")):
+        pgd = _number(r.get("val/pgd_acc"))
+        if pgd is not None and det.update(pgd, _number(r.get("val/fgsm_acc"))):
             return int(r["epoch"])
     return None
+
+
+def _number(v) -> float | None:
+    """A finite measured value, else None: metrics.jsonl may hold null or 'inf' for one."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
 def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> int | None:
@@ -98,8 +106,8 @@ def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> 
     dip, or a collapse the guard rolled back)."""
     opt = options or GuardOptions()
     det = Detector(opt.drop, opt.fgsm_hold, opt.min_best)
-    epochs = [r for r in run.epochs if isinstance(r.get("val/pgd_acc"), (int, float))]
-    flagged = [det.update(r["val/pgd_acc"], r.get("val/fgsm_acc")) for r in epochs]
+    epochs = [r for r in run.epochs if _number(r.get("val/pgd_acc")) is not None]
+    flagged = [det.update(r["val/pgd_acc"], _number(r.get("val/fgsm_acc"))) for r in epochs]
     below, best = [], -1.0
     for r in epochs:
         best = max(best, r["val/pgd_acc"])
@@ -169,13 +177,29 @@ def final_eval(run: RunRecord) -> dict | None:
 
 
 def autoattack_eval(run: RunRecord) -> dict | None:
-    """The run's standard AutoAttack result of the checkpoint and images its eval.json used
-    (the newest, if several), so the column compares the same model on the same points."""
+    """The run's standard AutoAttack result of the checkpoint, images and eps its eval.json
+    used (the newest, if several), so the column compares the same model on the same points
+    under the same budget."""
     final = final_eval(run) or {}
     same = [e for _, e in run.evals if (e.get("attack") or {}).get("name") == "autoattack"
             and (e["attack"].get("version") or "standard") == "standard"
-            and e.get("checkpoint") == final.get("checkpoint") and e.get("n") == final.get("n")]
+            and _checkpoint_kind(e) == final.get("checkpoint") and e.get("n") == final.get("n")
+            and e.get("checkpoint_epoch") == final.get("checkpoint_epoch") and _same_eps(e, final)]
     return max(same, key=lambda e: str(e.get("created", "")), default=None)
+
+
+def _same_eps(e: dict, final: dict) -> bool:
+    """An evaluation at eval.json's eps (`zerograd eval --eps` evaluates at another one)."""
+    eps, at = e["attack"].get("eps"), (final.get("attack") or {}).get("eps")
+    if eps is None or at is None:  # a file that does not say: taken at its word
+        return True
+    return isinstance(eps, (int, float)) and isinstance(at, (int, float)) and math.isclose(eps, at, rel_tol=1e-9)
+
+
+def _checkpoint_kind(e: dict):
+    """last, best, epoch-N: eval.json's `checkpoint` names the kind, while a `zerograd eval`
+    results file holds the checkpoint's path there and its kind in `checkpoint_kind`."""
+    return e.get("checkpoint_kind", e.get("checkpoint"))
 
 
 def comparison_table(runs: list[RunRecord]) -> list[str]:
@@ -191,7 +215,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
         evals = [final_eval(r) for r in members]
         attacks = {_attack_name(e) for e in evals if e}
         cos = [co_epoch(r) for r in members]
-        times = [x["time/epoch_s"] for r in members for x in r.epochs if "time/epoch_s" in x]
+        times = [x["time/epoch_s"] for r in members for x in r.epochs if _number(x.get("time/epoch_s")) is not None]
         rollbacks = sum(1 for r in members for e in r.events if e.get("event") == "rollback")
         seconds = f"{statistics.mean(times):.1f}" if times else "-"
         lines.append(
@@ -199,10 +223,17 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"{sum(c is not None for c in cos)}/{len(members)} | "
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
             f"{_at_end_cell([persistent_co_epoch(r) for r in members])} | {rollbacks} | "
-            f"{mean_std([e['clean_acc'] for e in evals if e])} | "
-            f"{mean_std([e['robust_acc'] for e in evals if e])} | {', '.join(sorted(attacks)) or '-'} | "
+            f"{_of_runs([e['clean_acc'] for e in evals if e], len(members))} | "
+            f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {', '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
     return lines
+
+
+def _of_runs(values: list[float], runs: int) -> str:
+    """mean +- std, with '(k/n)' when only k of the setting's n runs have an eval.json (the
+    others unfinished or stopped before it), so a mean over fewer seeds says so."""
+    cell = mean_std(values)
+    return cell if len(values) in (0, runs) else f"{cell} ({len(values)}/{runs})"
 
 
 def _at_end_cell(onsets: list[int | None]) -> str:
@@ -216,8 +247,7 @@ def _autoattack_cell(members: list[RunRecord]) -> str:
     found = [e for e in map(autoattack_eval, members) if e is not None]
     if not found:
         return "-"
-    cell = mean_std([e["robust_acc"] for e in found])
-    return cell if len(found) == len(members) else f"{cell} ({len(found)}/{len(members)})"
+    return _of_runs([e["robust_acc"] for e in found], len(members))
 
 
 def _attack_name(e: dict) -> str:
@@ -469,6 +499,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     if not paths:
         raise ConfigError("report needs at least one run folder")
     runs = [read_run(p) for p in paths]
+    seen: dict[Path, Path] = {}
+    for r in runs:  # overlapping globs: a run given twice would count as two seeds
+        first = seen.setdefault(r.path.resolve(), r.path)
+        if first is not r.path:
+            raise ConfigError(f"run folder {str(r.path)!r} is given twice (also as {str(first)!r}); "
+                              "each run counts once: give it once")
     if out is None:
         if len(runs) > 1:
             raise ConfigError("several runs need --out DIR for the report")
@@ -484,14 +520,15 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
 
     lines = ["# zerograd report", "", f"Runs: {', '.join(f'`{r.path}`' for r in runs)}", "",
              "## Comparison over seeds", "",
-             ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting). "
+             ("Final test accuracy from each run's `eval.json` (mean ± std over the runs of a setting; "
+             "'(k/n)': only k of its n runs have one yet). "
              "CO: runs where the catastrophic-overfitting detector (validation PGD accuracy below half its "
              "best while FGSM accuracy holds) fired, logged by the guard or found afterwards in "
              "`metrics.jsonl`. CO at end: runs whose collapse persists (from a flagged epoch on, validation "
              "PGD accuracy stays below half its best to the last epoch; not a dip the run recovered from or a "
              "collapse rolled back), with the epoch it began. "
              "AutoAttack: the standard AutoAttack result (`zerograd eval RUN --attack autoattack`) of the "
-             "same checkpoint and images as `eval.json`, where one exists."), ""]
+             "same checkpoint, images and eps as `eval.json`, where one exists."), ""]
     lines += comparison_table(runs)
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
@@ -531,14 +568,19 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
             except ConfigError as e:
                 lines += [f"(no gradient figure: {e})", ""]
     report = out / REPORT
-    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    atomic_write(report, ("\n".join(lines) + "\n").encode("utf-8"))  # a crash keeps the old report
     return report
 
 
 def _unique_names(runs: list[RunRecord]) -> list[str]:
-    names, seen = [], {}
+    """A name per run for its plots (NAME.png, NAME-gradients.png) that no other plot has:
+    runs of the same folder name get -2, -3, ...; never overview.png or another's file."""
+    names, taken = [], {"overview"}
     for r in runs:
-        n = r.name
-        seen[n] = seen.get(n, 0) + 1
-        names.append(n if seen[n] == 1 else f"{n}-{seen[n]}")
+        n, k = r.name, 1
+        while n in taken or f"{n}-gradients" in taken:
+            k += 1
+            n = f"{r.name}-{k}"
+        taken.update((n, f"{n}-gradients"))
+        names.append(n)
     return names

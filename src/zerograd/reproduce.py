@@ -2,9 +2,10 @@
 
 An experiment is a YAML file in `experiments/` (or a path): `base` config keys shared by all
 runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`).
-Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept, and an
-interrupted run of the same config is resumed from its last checkpoint, so an interrupted
-reproduction continues where it stopped. Every config is validated before the
+Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept (a
+finished run of another config there, e.g. after the experiment file changed, is refused
+before any work rather than reported as this one), and an interrupted run of the same config
+is resumed from its last checkpoint, so an interrupted reproduction continues where it stopped. Every config is validated before the
 first run starts. With `keep`, each finished run's small files (config, metrics, results; no
 checkpoints) are copied to KEEP/<name>-s<seed> as it finishes, so a repository can hold them
 and `zerograd report KEEP/*` rebuilds the table without rerunning.
@@ -64,7 +65,12 @@ def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = 
         keys = dict(keys or {})
         run_seeds = keys.pop("seeds", spec.get("seeds", [0]))
         cfg = apply(base, keys, source=f"experiment {name!r}, run {run!r}")
-        for seed in (seeds if seeds is not None else run_seeds):
+        chosen = seeds if seeds is not None else run_seeds
+        repeated = sorted({s for s in chosen if chosen.count(s) > 1}, key=str)
+        if repeated:  # one folder per seed: a repeat would be reported as a second seed
+            raise ConfigError(f"seed {repeated[0]!r} is given twice for run {run!r} of {name!r}; "
+                              "give each seed once")
+        for seed in chosen:
             out.append((f"{run}-s{seed}", validate(apply(cfg, {"seed": seed}))))
     return out
 
@@ -109,6 +115,12 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
     keep = Path(keep) if keep is not None else None
     if keep is not None and keep.resolve() == out.resolve():
         raise ConfigError(f"--keep {str(keep)!r} is the --out folder: keep the small files elsewhere")
+    for folder, cfg in runs:  # before any work: never report a run of another config as this one
+        stale = RunFolder(out / folder)
+        diff = differences(stale.read_config(), cfg) if stale.finished else []
+        if diff:
+            raise ConfigError(f"{str(stale.path)!r} holds a finished run of another config "
+                              f"({'; '.join(diff)[:300]}): delete it, or choose another --out")
     if dry_run:
         for folder, cfg in runs:
             print(command_line(cfg, out / folder))

@@ -261,7 +261,9 @@ class RunFolder:
     def keep_small_files(self, dest: str | Path) -> RunFolder:
         """Copy this finished run's small files into the run folder `dest` (created), each
         atomically; evals/*.json that this run no longer has are removed from `dest`, so `dest`
-        mirrors it. Returns RunFolder(dest)."""
+        mirrors it. `dest`'s eval.json goes first and comes back last: a copy cut short over
+        an earlier kept run leaves an unfinished run, never the old results beside the new
+        config and metrics. Returns RunFolder(dest)."""
         if not self.finished:
             raise ConfigError(f"{str(self.path)!r} is not a finished run (no {RESULT}); nothing kept")
         kept = RunFolder(dest)
@@ -272,7 +274,8 @@ class RunFolder:
         except OSError as e:
             raise ConfigError(f"cannot create {str(kept.path)!r}: {e.strerror}") from None
         files = self.small_files()
-        for f in files:
+        kept.result_file.unlink(missing_ok=True)
+        for f in sorted(files, key=lambda f: f == self.result_file):  # eval.json last
             atomic_write(kept.path / f.relative_to(self.path), f.read_bytes())
         names = {f.name for f in files if f.parent == self.evals}
         for stale in kept.evals.glob("*.json"):
@@ -358,20 +361,26 @@ def run_folder_of(ckpt_path: str | Path) -> RunFolder | None:
     return None
 
 
-def resolve_checkpoint(path: str | Path, which: str = "last") -> Path:
-    """A run folder or a checkpoint file -> the checkpoint file to load."""
+def resolve_checkpoint(path: str | Path, which: str | None = None) -> Path:
+    """A run folder (its checkpoint `which`, last by default) or a checkpoint file (then no
+    `which`: a file is the checkpoint it is, and choosing another one would be ignored) ->
+    the checkpoint file to load."""
     path = Path(path)
     if path.is_dir():
+        which = which or "last"
         ckpt = RunFolder(path).checkpoint(which)
         if not ckpt.is_file():
             raise ConfigError(f"{str(path)!r} has no {CHECKPOINTS}/{which}.pt: is it a zerograd run folder?")
         return ckpt
     if not path.exists():
         raise ConfigError(f"{str(path)!r} does not exist: give a run folder or a checkpoint file")
+    if which is not None:
+        raise ConfigError(f"--checkpoint {which} chooses a run folder's checkpoint, but {str(path)!r} is a "
+                          "checkpoint file: give the run folder, or the file without --checkpoint")
     return path
 
 
-def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=None, model=None):
+def load_checkpoint_model(path, which: str | None = None, *, device="cpu", data_dir=None, model=None):
     """(model, config, checkpoint path, checkpoint dict) from a run folder or checkpoint,
     loaded as data only. A checkpoint of a user model needs `model`: the same spec (imported
     only then) or a module of the recorded class; none is imported by itself."""
@@ -395,7 +404,7 @@ def load_checkpoint_model(path, which: str = "last", *, device="cpu", data_dir=N
     return model, cfg, ckpt_path, state
 
 
-def load_model(path, which: str = "last", *, device="cpu", data_dir=None, model=None):
+def load_model(path, which: str | None = None, *, device="cpu", data_dir=None, model=None):
     """(model, config, checkpoint path) from a run folder or checkpoint, loaded as data only."""
     return load_checkpoint_model(path, which, device=device, data_dir=data_dir, model=model)[:3]
 
