@@ -347,3 +347,19 @@ def test_every_run_gets_its_own_plot_file(tmp_path):
     names = _unique_names(runs)
     files = [p for n in names for p in (n, f"{n}-gradients")] + ["overview"]
     assert len(set(files)) == len(files) and names[0] == "s0"
+
+
+def test_how_data_is_read_and_checkpoints_are_written_do_not_split_seeds(tmp_path):
+    """Streaming, loader workers, the data budget and checkpoint frequency give equal results:
+    two seeds differing in them are one setting; a different alpha is another."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.1 * (i + 1))
+            for i in range(3)]
+    changes = [{"loader_workers": 0, "stream": True, "checkpoint_every_steps": 5},
+               {"loader_workers": 2, "data_budget": "1GiB", "keep_epoch_checkpoints": False},
+               {"method_args": {"alpha": 1.0}}]
+    for run, change in zip(runs, changes):
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        (run / "config.yaml").write_text(yaml.safe_dump({**cfg, **change}))
+    table = build_report(runs, tmp_path / "rep", gradient_images=0).read_text().split("## Comparison")[1]
+    rows = [line for line in table.splitlines() if line.startswith("| fgsm_rs")]
+    assert len(rows) == 2 and any(r.split("|")[2].strip() == "2" and "15.00 ± 7.07" in r for r in rows)

@@ -25,11 +25,14 @@ from .files import atomic_write
 from .methods import METHODS, input_grad
 from .options import GuardOptions
 from .results import attack_title, is_result
-from .runfolder import PLOTS, REPORT, RESULT, RunFolder, load_model
+from .runfolder import MAY_DIFFER, PLOTS, REPORT, RESULT, RunFolder, load_model
 
 # Config keys that do not change what a run measures; runs differing only in these are seeds
-# of one setting. `environment` and `data` (your own data's fingerprint) are recorded facts.
-NOT_SETTING = ("seed", "data_dir", "device", "description", "tensorboard", "environment", "data")
+# of one setting: how the data is read (MAY_DIFFER, equal results either way), how often and
+# which checkpoints are written, and `environment` and `data` (your own data's fingerprint),
+# which are recorded facts.
+NOT_SETTING = ("seed", "description", "tensorboard", "environment", "data", "checkpoint_every_steps",
+               "checkpoint_every_minutes", "keep_epoch_checkpoints") + MAY_DIFFER
 
 
 @dataclass
