@@ -84,6 +84,11 @@ def test_digits_run_through_the_cli_writes_the_table(tmp_path, capsys):
     assert main(["measure", str(run), "--table", "4", "--n", "40", "--methods", "fgsm", "pgd10"]) == 0
     out = capsys.readouterr().out
     assert "Table 4" in out and "pgd10" in out and "zerograd" not in out
+    # a last batch of one image is left out: the record says how many images were measured
+    assert main(["measure", str(run), "--table", "4", "--n", "41", "--batch-size", "20", "--methods", "fgsm",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n"] == 40 and result["images_asked"] == 41
 
 
 @pytest.mark.parametrize("kw, fragment", [

@@ -84,6 +84,12 @@ def rows_of(table: int, methods: list[str] | None = None) -> list[str]:
     return chosen
 
 
+def measured_images(n: int, batch_size: int) -> int:
+    """How many of n images are measured: a last mini-batch of one image is left out (batch
+    norm cannot normalize one image in training mode)."""
+    return n - 1 if n > 1 and n % batch_size == 1 else n
+
+
 def measure_model(model, split, *, table: int, eps: float, methods: list[str] | None = None,
                   batch_size: int = 128, seed: int = 0, device=None) -> dict:
     """Table 10 (`sign_disagree`: mean over mini-batches of the fraction of entries non-zero
@@ -98,7 +104,7 @@ def measure_model(model, split, *, table: int, eps: float, methods: list[str] | 
     was_training = model.training
     model.train()
     with isolated(model, torch.device(device), seed):
-        lone = len(split) % batch_size == 1 and len(split) > 1
+        lone = measured_images(len(split), batch_size) < len(split)
         for x, y in batches(split, batch_size, shuffle=False, augment=False, drop_last=lone):
             reference = METHODS["pgd"](model, x, y, eps=eps, **REFERENCE) if table == 10 else None
             for n in names:
@@ -160,7 +166,8 @@ def measure_path(path, *, table: int = 10, which: str | None = None, split: str 
     t0 = time.perf_counter()
     values = measure_model(model, part, table=table, eps=cfg.eps, methods=methods,
                            batch_size=batch_size or cfg.batch_size, seed=seed, device=dev)
-    result = {"table": table, "split": split, "n": len(part), "eps": cfg.eps,
+    result = {"table": table, "split": split, "n": measured_images(len(part), batch_size or cfg.batch_size),
+              "images_asked": len(part), "eps": cfg.eps,
               "batch_size": batch_size or cfg.batch_size, "seed": seed,
               "unit": "fraction of all entries" if table == 10 else "mean |delta| x 255 per entry",
               "values": values,
