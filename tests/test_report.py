@@ -363,3 +363,14 @@ def test_how_data_is_read_and_checkpoints_are_written_do_not_split_seeds(tmp_pat
     table = build_report(runs, tmp_path / "rep", gradient_images=0).read_text().split("## Comparison")[1]
     rows = [line for line in table.splitlines() if line.startswith("| fgsm_rs")]
     assert len(rows) == 2 and any(r.split("|")[2].strip() == "2" and "15.00 ± 7.07" in r for r in rows)
+
+
+def test_a_seed_scored_at_its_best_checkpoint_shows_in_the_attack_column(tmp_path):
+    """A guard that stops a run scores its best checkpoint; averaged with seeds scored at their
+    last, the row names both, so the mix is visible."""
+    runs = [make_run(tmp_path / f"s{i}", seed=i, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3) for i in range(2)]
+    ev = json.loads((runs[1] / "eval.json").read_text())
+    (runs[1] / "eval.json").write_text(json.dumps({**ev, "checkpoint": "best", "stopped": "guard"}))
+    row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
+               if line.startswith("| fgsm_rs alpha=2 |"))
+    assert row.split("|")[9].strip() == "PGD-50-10, n=100; PGD-50-10, n=100, best checkpoint"

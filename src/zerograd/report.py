@@ -227,7 +227,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
             f"{_at_end_cell([persistent_co_epoch(r) for r in members])} | {rollbacks} | "
             f"{_of_runs([e['clean_acc'] for e in evals if e], len(members))} | "
-            f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {', '.join(sorted(attacks)) or '-'} | "
+            f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {'; '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
     return lines
 
@@ -254,10 +254,13 @@ def _autoattack_cell(members: list[RunRecord]) -> str:
 
 
 def _attack_name(e: dict) -> str:
+    """The attack, its images and, when it is not the last one, the checkpoint scored (a guard
+    that stops a run scores its best), so a setting whose seeds were scored differently shows both."""
     a = e.get("attack") or {}
     if not isinstance(a, dict) or "name" not in a:
         return str(a)
-    return f"{attack_title(a)}, n={e.get('n')}"
+    which = e.get("checkpoint")
+    return f"{attack_title(a)}, n={e.get('n')}" + ("" if which in (None, "last") else f", {which} checkpoint")
 
 
 JUMP_KEYS = ("diag/weight_mse", "diag/delta_mse", "diag/delta_mse/zeroed", "diag/sign_disagree")
