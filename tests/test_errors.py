@@ -430,9 +430,10 @@ def test_bad_input_gets_the_documented_line(num, command, message, tmp_path, fin
     monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)[1:]  # drop "zerograd"
-    places = make_places(tmp_path, finished_run, needed={p for w in words for p in re.split("[=:]", w)})
+    places = make_places(tmp_path, finished_run, needed={p for w in words for p in re.split("[=:/]", w)})
     argv = [str(places.get(w, w)) for w in words]
     argv = [re.sub(r"(?<=:)[A-Z]+$", lambda m: str(places.get(m[0], m[0])), w) for w in argv]
+    argv = [re.sub(r"^[A-Z]+(?=/)", lambda m: str(places.get(m[0], m[0])), w) for w in argv]  # RUN/eval.json
     before = snapshot(tmp_path)
     if command in SUBPROCESS_ROWS:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "ZEROGRAD_DATA_DIR": str(places["DATA"])}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from .models import is_user_model, user_model
 from .registry import Registry
 from .results import attack_label, record
 from .runfolder import (
+    check_output,
     checkpoint_facts,
     external_results_path,
     load_checkpoint_model,
@@ -73,16 +73,6 @@ def _check_eval_args(attack, n, steps, restarts, alpha, eps, batch_size, version
     if eps_value is not None and not 0 < eps_value <= 1:  # NaN fails this too
         raise ConfigError(f"--eps={eps} is invalid: must be in (0, 1] (e.g. 8/255)")
     return eps_value
-
-
-def _check_writable(path: Path, what: str) -> None:
-    """The folder a file will be written to exists (or can be made) and is writable."""
-    folder = path.parent
-    while not folder.exists():
-        folder = folder.parent
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise ConfigError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is not a "
-                          "writable folder")
 
 
 def _progress_printer(quiet: bool):
@@ -258,12 +248,12 @@ def _evaluate_model(model, cfg, facts: dict, *, dev, trained: bool, run: str | N
         eps_tag += f"-alpha{alpha:.4g}"
     target = Path(out) if out is not None else target(attack_label(planned), len(data.test), eps_tag)
     if write:
-        _check_writable(target, "results file")
+        check_output(target, "results file")
     state_path = None
     if attack == "autoattack":
         state_path = Path(state) if state is not None else target.with_name(
             f".{target.stem}.{facts['checkpoint_sha256'][:12]}.state.pt")
-        _check_writable(state_path, "state file")
+        check_output(state_path, "state file")
 
     seed_everything(seed)
     if attack == "pgd":

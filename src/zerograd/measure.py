@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .files import write_json
 from .methods import METHODS
 from .registry import Registry
-from .runfolder import checkpoint_facts, load_checkpoint_model, results_path
+from .runfolder import check_output, checkpoint_facts, load_checkpoint_model, results_path
 from .runtime import isolated, resolve_device
 from .training.diagnostics import perturbation_norms, sign_disagreement
 
@@ -150,6 +150,8 @@ def measure_path(path, *, table: int = 10, which: str | None = None, split: str 
     `result_label` for another split or a subset of methods) and prints the table unless `quiet`."""
     _check(table, split, n, batch_size)
     rows_of(table, methods)
+    if write and out is not None:
+        check_output(Path(out), "results file")
     dev = resolve_device(device)
     model, cfg, ckpt_path, ckpt = load_checkpoint_model(path, which, device=dev, data_dir=data_dir,
                                                         model=model)

@@ -458,6 +458,21 @@ def export_folder(ckpt_path: str | Path) -> Path:
     return run.export if run is not None else ckpt_path.with_name(f"{ckpt_path.stem}-export")
 
 
+def check_output(path: Path, what: str) -> None:
+    """Before any work: `path` can be written, and is not one of a run folder's own files
+    (its config, metrics or final result), which an evaluation or a measurement written
+    there would replace."""
+    if path.name in (CONFIG, METRICS, RESULT) and (path.parent / CONFIG).is_file():
+        raise ConfigError(f"{what} {str(path)!r} is the run's own {path.name}, written by training: "
+                          f"choose another --out (the default goes to {EVALS}/ in the run folder)")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise ConfigError(f"{what} {str(path)!r} cannot be written: {str(folder)!r} is not a "
+                          "writable folder")
+
+
 # --------------------------------------------------------------------------- resuming
 
 
