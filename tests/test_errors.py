@@ -369,6 +369,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
     "STALEOUT": _stale_out, "STALEEXP": _stale_experiment,
     "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
+    "KEPTCOPY": lambda tmp, run, p: _copy(p["RUN"], tmp / "kept"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",
                                       "DEEPIMAGE")},
     **{k: _npz(k) for k in ("BADLABELSNPZ", "NOKEYNPZ", "FLOATNPZ", "AMBIGUOUSNPZ", "FLOATLABELSNPZ")},

@@ -374,3 +374,15 @@ def test_a_seed_scored_at_its_best_checkpoint_shows_in_the_attack_column(tmp_pat
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
     assert row.split("|")[9].strip() == "PGD-50-10, n=100; PGD-50-10, n=100, best checkpoint"
+
+
+def test_a_kept_copy_beside_its_original_is_refused_not_counted_as_a_second_seed(tmp_path):
+    import shutil
+
+    run = make_run(tmp_path / "r-s0", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    copy = shutil.copytree(run, tmp_path / "kept" / "r-s0")
+    other = make_run(tmp_path / "r-s1", seed=1, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.1)
+    with pytest.raises(ConfigError, match="same setting with the same seed"):
+        build_report([run, other, copy], tmp_path / "rep", gradient_images=0)
+    assert not (tmp_path / "rep").exists()
+    assert build_report([run, other], tmp_path / "rep", gradient_images=0).is_file()

@@ -511,6 +511,13 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
         if first is not r.path:
             raise ConfigError(f"run folder {str(r.path)!r} is given twice (also as {str(first)!r}); "
                               "each run counts once: give it once")
+    same: dict[tuple[str, object], Path] = {}
+    for r in runs:  # a kept copy beside its original: the same run, not a second seed
+        first = same.setdefault((setting_key(r.config), r.config.get("seed")), r.path)
+        if first is not r.path:
+            raise ConfigError(f"runs {str(first)!r} and {str(r.path)!r} are the same setting with the same "
+                              f"seed ({r.config.get('seed')!r}), so they would count as two seeds: give one "
+                              "(e.g. not both a kept copy and its original)")
     if out is None:
         if len(runs) > 1:
             raise ConfigError("several runs need --out DIR for the report")
