@@ -7,9 +7,10 @@ import pytest
 
 from zerograd import ConfigError
 from zerograd.cli import main
+from zerograd.options import GuardOptions
 from zerograd.report import build_report
 from zerograd.reproduce import experiment_names, plan, reproduce
-from zerograd.runfolder import RunFolder
+from zerograd.runfolder import RunFolder, differences
 
 from .test_report import make_run, write_experiment
 
@@ -39,6 +40,10 @@ def test_resnet_co_has_three_seeds_for_every_deciding_row():
     for row in ("n_fgsm", "pgd2", "gradalign"):
         assert f"{row}-s0" in runs
     assert runs["zerograd-q0.25-rollback-s0"].guard["enabled"]
+    # the exploratory P3 run differs from the P3 row only in the guard's min_best (its default)
+    p3, explore = runs["zerograd-q0.25-rollback-s0"], runs["zerograd-q0.25-rollback-min5-s0"]
+    assert p3.guard["min_best"] == 0.15 and "min_best" not in explore.guard and GuardOptions().min_best == 0.05
+    assert [d for d in differences(p3, explore) if not d.startswith("guard")] == []
     assert runs["eps16-zerograd-s0"].eps == pytest.approx(16 / 255)
     assert runs["fgsm_rs-a2-s0"].eps == pytest.approx(8 / 255)
     assert runs["fgsm_rs-a2-s0"].test_pgd_steps == 50 and runs["fgsm_rs-a2-s0"].test_restarts == 10
