@@ -271,8 +271,8 @@ def co_jump(run: RunRecord, key: str, onset: int) -> tuple[float, float] | None:
     """(largest value of `key` over epochs onset-2..onset, largest over the five epochs
     before); None when either window has no finite value (e.g. CO too early)."""
     def largest(first: int, last: int) -> float | None:
-        values = [r[key] for r in run.epochs if first <= r.get("epoch", -1) <= last
-                  and isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        values = [v for r in run.epochs if first <= r.get("epoch", -1) <= last
+                  and (v := _number(r.get(key))) is not None]
         return max(values) if values else None
 
     near = largest(onset - JUMP_NEAR, onset)
@@ -298,22 +298,17 @@ def co_jump_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
 SIZE_KEY, SIZE_EPOCH = "diag/delta_mean_abs_x255", 2  # the paper's Table 4: epoch 2 and the last
 
 
-def _value_at(run: RunRecord, key: str, epoch: int) -> float | None:
-    return next((r[key] for r in run.epochs if r.get("epoch") == epoch and isinstance(r.get(key), (int, float))
-                 and math.isfinite(r[key])), None)
-
-
 def perturbation_size_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
     """Markdown rows: per run that measured it, the mean |delta| x 255 of its own training
     perturbations at epoch 2 and at its last epoch (Table 4's comparison of methods)."""
     lines = [f"| run | setting | epoch {SIZE_EPOCH} | last epoch | value at last |", "|---|---|---|---|---|"]
     for r, name in zip(runs, names):
-        measured = [e["epoch"] for e in r.epochs if _value_at(r, SIZE_KEY, e.get("epoch")) is not None]
-        if not measured:
+        values = {e["epoch"]: v for e in r.epochs if (v := _number(e.get(SIZE_KEY))) is not None}
+        if not values:
             continue
-        early = _value_at(r, SIZE_KEY, SIZE_EPOCH)
+        early, last = values.get(SIZE_EPOCH), max(values)
         lines.append(f"| {name} | {setting_label(r.config)} | {'-' if early is None else f'{early:.2f}'} | "
-                     f"{measured[-1]} | {_value_at(r, SIZE_KEY, measured[-1]):.2f} |")
+                     f"{last} | {values[last]:.2f} |")
     return lines
 
 
