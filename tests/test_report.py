@@ -290,7 +290,7 @@ def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
     run = make_run(tmp_path / "r", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
     old = build_report([run], tmp_path / "rep", gradient_images=0).read_bytes()
     (run / "eval.json").write_text((run / "eval.json").read_text().replace("0.3", "0.25"))
-    monkeypatch.setattr(report, "plot_run", lambda run, path: None)  # only report.md is written
+    monkeypatch.setattr(report, "plot_run", lambda *args: None)  # only report.md is written
     limit = resource.getrlimit(resource.RLIMIT_FSIZE)
     handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_FSIZE, (len(old) // 2, limit[1]))
@@ -386,3 +386,31 @@ def test_a_kept_copy_beside_its_original_is_refused_not_counted_as_a_second_seed
         build_report([run, other, copy], tmp_path / "rep", gradient_images=0)
     assert not (tmp_path / "rep").exists()
     assert build_report([run, other], tmp_path / "rep", gradient_images=0).is_file()
+
+
+def test_labels_name_a_hyperparameter_the_compared_runs_of_a_method_differ_in_even_at_its_default():
+    """fgsm_rs at its default alpha (1.25) beside fgsm_rs alpha=2 is 'fgsm_rs alpha=1.25', not a bare
+    'fgsm_rs' that reads like the other; alone, the default stays unnamed."""
+    from zerograd.report import distinct_labels, setting_key
+
+    default = {"method": "fgsm_rs", "method_args": {"alpha": 1.25}, "seed": 0}
+    two = {"method": "fgsm_rs", "method_args": {"alpha": 2.0}, "seed": 0}
+    zg = {"method": "zerograd", "method_args": {}, "seed": 0}
+    labels = distinct_labels([default, two, zg])
+    assert [labels[setting_key(c)] for c in (default, two, zg)] == ["fgsm_rs alpha=1.25", "fgsm_rs alpha=2",
+                                                                    "zerograd"]
+    assert distinct_labels([default])[setting_key(default)] == "fgsm_rs"
+
+
+def test_a_run_s_section_says_whether_its_collapse_persists(tmp_path):
+    """An early dip the run recovers from, then a collapse that stays: the section names both epochs."""
+    runs = [make_run(tmp_path / "late", seed=0, pgd=[0.1, 0.04, 0.12, 0.1, 0.05, 0.0, 0.01],
+                     fgsm=[0.2, 0.2, 0.25, 0.3, 0.3, 0.3, 0.4], robust=0.0),
+            make_run(tmp_path / "dip", seed=1, pgd=[0.2, 0.04, 0.25, 0.3], fgsm=[0.3, 0.3, 0.35, 0.4], robust=0.3),
+            make_run(tmp_path / "stays", seed=2, pgd=[0.2, 0.04, 0.05, 0.09], fgsm=[0.3, 0.3, 0.4, 0.5],
+                     robust=0.0)]
+    text = build_report(runs, tmp_path / "rep", gradient_images=0).read_text()
+    assert "CO: flagged at epoch 2 (recovered), persistent from epoch 5 ·" in text
+    assert "CO: epoch 2, recovered (a transient dip or a rollback) ·" in text
+    assert "CO: epoch 2, persists to the end ·" in text
+    assert "· fgsm_rs alpha=2 · seed 0 ·" in text  # the section names the setting as the table does

@@ -121,14 +121,22 @@ def persistent_co_epoch(run: RunRecord, options: GuardOptions | None = None) -> 
     return None
 
 
-def setting_label(config: dict) -> str:
-    """A short name for a run's setting: method, its non-default hyperparameters, GradAlign."""
-    method = config.get("method", "?")
+def _method_args(config: dict) -> tuple[dict, dict]:
+    """(the run's method_args with the method's defaults filled in, those defaults)."""
     try:
-        defaults = METHODS.defaults(method)
+        defaults = METHODS.defaults(config.get("method", "?"))
     except ConfigError:
         defaults = {}
-    args = {k: v for k, v in (config.get("method_args") or {}).items() if defaults.get(k) != v}
+    return {**defaults, **(config.get("method_args") or {})}, defaults
+
+
+def setting_label(config: dict, named: frozenset = frozenset()) -> str:
+    """A short name for a run's setting: method, its non-default hyperparameters (and those in
+    `named`, even at their default), GradAlign, the guard's changed options."""
+    method = config.get("method", "?")
+    resolved, defaults = _method_args(config)
+    args = {k: v for k, v in resolved.items()
+            if k in named or (k in (config.get("method_args") or {}) and defaults.get(k) != v)}
     label = method + (" " + " ".join(f"{k}={_fmt(v)}" for k, v in sorted(args.items())) if args else "")
     if config.get("grad_align"):
         label += f" + GradAlign {_fmt(config['grad_align'])}"
@@ -152,8 +160,18 @@ def distinct_labels(configs: list[dict]) -> dict[str, str]:
     labels = {}
     for c in configs:
         extra = " ".join(f"{k}={_fmt(c.get(k))}" for k in varying)
-        labels[setting_key(c)] = setting_label(c) + (f" · {extra}" if extra else "")
+        named = _varying_method_args(configs, c.get("method"))
+        labels[setting_key(c)] = setting_label(c, named) + (f" · {extra}" if extra else "")
     return labels
+
+
+def _varying_method_args(configs: list[dict], method) -> frozenset:
+    """The hyperparameters on which the compared runs of one method differ: a label names them
+    even at their default, so 'fgsm_rs alpha=1.25' stands beside 'fgsm_rs alpha=2', not 'fgsm_rs'."""
+    resolved = [_method_args(c)[0] for c in configs if c.get("method") == method]
+    keys = {k for r in resolved for k in r}
+    return frozenset(k for k in keys
+                     if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in resolved}) > 1)
 
 
 def setting_key(config: dict) -> str:
@@ -298,16 +316,16 @@ def co_jump_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
 SIZE_KEY, SIZE_EPOCH = "diag/delta_mean_abs_x255", 2  # the paper's Table 4: epoch 2 and the last
 
 
-def perturbation_size_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
+def perturbation_size_rows(runs: list[RunRecord], names: list[str], settings: list[str]) -> list[str]:
     """Markdown rows: per run that measured it, the mean |delta| x 255 of its own training
     perturbations at epoch 2 and at its last epoch (Table 4's comparison of methods)."""
     lines = [f"| run | setting | epoch {SIZE_EPOCH} | last epoch | value at last |", "|---|---|---|---|---|"]
-    for r, name in zip(runs, names):
+    for r, name, setting in zip(runs, names, settings):
         values = {e["epoch"]: v for e in r.epochs if (v := _number(e.get(SIZE_KEY))) is not None}
         if not values:
             continue
         early, last = values.get(SIZE_EPOCH), max(values)
-        lines.append(f"| {name} | {setting_label(r.config)} | {'-' if early is None else f'{early:.2f}'} | "
+        lines.append(f"| {name} | {setting} | {'-' if early is None else f'{early:.2f}'} | "
                      f"{last} | {values[last]:.2f} |")
     return lines
 
@@ -342,8 +360,10 @@ def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def _mark_events(ax, run: RunRecord) -> None:
-    """Dashed red line at each CO detection, green at each rollback, on the trained-epoch axis."""
+def _mark_events(ax, run: RunRecord, annotate: bool = False) -> None:
+    """Dashed red line at each CO detection the guard logged, green at each rollback, on the
+    trained-epoch axis; for a run without the guard's detections, a dotted red line at the
+    onset of a collapse that persists and a grey one at an earlier flag the run recovered from."""
     trained = 0
     for r in run.records:
         if "train/loss" in r:
@@ -359,13 +379,32 @@ def _mark_events(ax, run: RunRecord) -> None:
                         fontsize=7, va="top", transform=ax.get_xaxis_transform())
             if r.get("event") == "stop":
                 ax.text(x, 0.5, "stop", color="red", fontsize=7, transform=ax.get_xaxis_transform())
-    co = co_epoch(run)
-    if co is not None and not any(e.get("co/detected") for e in run.events):
-        idx = next(i for i, r in enumerate(run.epochs, 1) if r["epoch"] == co)
-        ax.axvline(idx, color="red", ls=":", lw=1)
+    if any(e.get("co/detected") for e in run.events):
+        return  # the guard's own detections are drawn above
+    co, onset = co_epoch(run), persistent_co_epoch(run)
+    for epoch, colour, text, y in ((co, "grey", "CO flag,\nrecovered", 0.75), (onset, "red", "CO onset,\npersists", 0.97)):
+        if epoch is None or (colour == "grey" and epoch == onset):
+            continue
+        idx = next(i for i, r in enumerate(run.epochs, 1) if r["epoch"] == epoch)
+        ax.axvline(idx, color=colour, ls=":", lw=1)
+        if annotate:
+            ax.text(idx + 0.15, y, text, color=colour, fontsize=7, va="top",
+                    transform=ax.get_xaxis_transform())
 
 
-def plot_run(run: RunRecord, path: Path) -> None:
+def co_summary(run: RunRecord) -> str:
+    """The run's CO in words: its first flag, and whether the collapse persists (the onset)."""
+    co, onset = co_epoch(run), persistent_co_epoch(run)
+    if co is None:
+        return "none"
+    if onset == co:
+        return f"epoch {co}, persists to the end"
+    if onset is None:
+        return f"epoch {co}, recovered (a transient dip or a rollback)"
+    return f"flagged at epoch {co} (recovered), persistent from epoch {onset}"
+
+
+def plot_run(run: RunRecord, path: Path, setting: str | None = None) -> None:
     """One PNG per run: accuracy panel, then one panel per diagnostic the run logged, each
     with validation PGD accuracy on a second axis (red) as in the paper's Figs. 1-2."""
     import matplotlib
@@ -406,12 +445,12 @@ def plot_run(run: RunRecord, path: Path) -> None:
             twin.plot(xs, ys, color="red", alpha=0.5, lw=1)
             twin.set_ylabel("val PGD acc", color="red", fontsize=7)
             twin.tick_params(axis="y", labelsize=7, colors="red")
-        _mark_events(ax, run)
+        _mark_events(ax, run, annotate=title.startswith("accuracy"))
     from matplotlib.ticker import MaxNLocator
 
     axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1, 0].set_xlabel("epoch trained (rolled-back epochs count again)")
-    fig.suptitle(f"{run.name}: {setting_label(run.config)}, seed {run.config.get('seed', '?')}", fontsize=10)
+    fig.suptitle(f"{run.name}: {setting or setting_label(run.config)}, seed {run.config.get('seed', '?')}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
@@ -525,6 +564,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     plots = out / PLOTS
     plots.mkdir(parents=True, exist_ok=True)
     names = _unique_names(runs)
+    labels = distinct_labels([r.config for r in runs])
+    settings = [labels[setting_key(r.config)] for r in runs]
 
     lines = ["# zerograd report", "", f"Runs: {', '.join(f'`{r.path}`' for r in runs)}", "",
              "## Comparison over seeds", "",
@@ -548,7 +589,7 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                    f"over epochs CO-{JUMP_NEAR}..CO, its largest over the {JUMP_BEFORE} epochs before "
                    f"(CO-{JUMP_NEAR + JUMP_BEFORE}..CO-{JUMP_NEAR + 1}), and their ratio (the jump of the "
                    "paper's Figs. 1-2 shows as a large ratio)."), ""] + jumps
-    sizes = perturbation_size_rows(runs, names)
+    sizes = perturbation_size_rows(runs, names, settings)
     if len(sizes) > 2:
         lines += ["", "## Size of the training perturbations", "",
                   (f"`{SIZE_KEY}`: the mean |delta| x 255 of each run's own training perturbations over "
@@ -556,13 +597,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                    "at the last epoch that measured it."), ""] + sizes
     lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
     lines += ["", "## Runs", ""]
-    for r, name in zip(runs, names):
+    for r, name, setting in zip(runs, names, settings):
         ep = r.epochs
-        plot_run(r, plots / f"{name}.png")
-        co = co_epoch(r)
+        plot_run(r, plots / f"{name}.png", setting)
         last = ep[-1] if ep else {}
-        lines += [f"### {name}", "", (f"`{r.path}` · {setting_label(r.config)} · seed {r.config.get('seed', '?')} · "
-                  f"{len(ep)} epochs trained · CO: {'epoch ' + str(co) if co is not None else 'none'} · "
+        lines += [f"### {name}", "", (f"`{r.path}` · {setting} · seed {r.config.get('seed', '?')} · "
+                  f"{len(ep)} epochs trained · CO: {co_summary(r)} · "
                   f"last val clean / FGSM / PGD: {_pct(last.get('val/clean_acc'))} / "
                   f"{_pct(last.get('val/fgsm_acc'))} / {_pct(last.get('val/pgd_acc'))} %"), ""]
         for e in r.events:
