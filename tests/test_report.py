@@ -414,3 +414,23 @@ def test_a_run_s_section_says_whether_its_collapse_persists(tmp_path):
     assert "CO: epoch 2, recovered (a transient dip or a rollback) ·" in text
     assert "CO: epoch 2, persists to the end ·" in text
     assert "· fgsm_rs alpha=2 · seed 0 ·" in text  # the section names the setting as the table does
+
+
+def test_the_cost_section_sums_training_epoch_ends_and_evaluations_from_the_files(tmp_path):
+    """Two epochs of 1800 s of training and 900 s of epoch-end work, and a measurement file of 3600 s;
+    the other run (2 s epochs) predates time/epoch_end_s, and the total says so."""
+    new = make_run(tmp_path / "new", seed=0, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    records = [json.loads(line) for line in (new / "metrics.jsonl").read_text().splitlines()]
+    (new / "metrics.jsonl").write_text("".join(json.dumps({**m, "time/epoch_s": 1800.0, "time/epoch_end_s": 900.0}) + "\n" for m in records))
+    (new / "evals").mkdir()
+    (new / "evals" / "table10.json").write_text(json.dumps({"table": 10, "seconds": 3600.0}))
+    old = make_run(tmp_path / "old", seed=1, pgd=[0.2, 0.3], fgsm=[0.3, 0.4], robust=0.3)
+    for f in (new, old):  # eval.json: 1800 s of attack and 360 s of sanity checks
+        ev = json.loads((f / "eval.json").read_text())
+        (f / "eval.json").write_text(json.dumps({**ev, "seconds": 1800.0, "checks_seconds": 360.0}))
+    text = build_report([new, old], tmp_path / "rep", gradient_images=0).read_text()
+    assert "| new | 1.00 | 0.50 | 1.60 | 3.10 |" in text  # files: 3600 + 1800 + 360 s
+    assert "| old | 0.00 | - | 0.60 | 0.60 |" in text
+    assert "| all | 1.00 | 0.50 (not all recorded) | 2.20 | 3.70 |" in text
+    alone = build_report([old], tmp_path / "rep2", gradient_images=0).read_text()
+    assert "| all | 0.00 | - | 0.60 | 0.60 |" in alone  # nothing recorded: not a measured zero

@@ -26,6 +26,8 @@ def test_quickstart_learns_robustly(tmp_path):
     epochs = [m for m in RunFolder(folder).read_metrics() if "train/loss" in m]
     assert [m["epoch"] for m in epochs] == list(range(1, 13))
     assert {"val/clean_acc", "val/pgd_acc", "lr", "train/acc"} <= set(epochs[-1])
+    # what each epoch cost: its steps, then validation and diagnostics, timed apart
+    assert all(m["time/epoch_s"] > 0 and m["time/epoch_end_s"] > 0 for m in epochs)
     assert json.loads((folder / "eval.json").read_text())["n"] == 360
     best = load_checkpoint(folder / "checkpoints" / "best.pt")
     assert best["best_val_pgd"] == max(m["val/pgd_acc"] for m in epochs)

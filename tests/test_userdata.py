@@ -63,7 +63,8 @@ def records(run: Path) -> list[dict]:
     out = []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
-        record.pop("time/epoch_s", None)
+        for key in ("time/epoch_s", "time/epoch_end_s"):
+            record.pop(key, None)
         out.append(record)
     return out
 

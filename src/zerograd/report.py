@@ -43,6 +43,7 @@ class RunRecord:
     config: dict
     records: list[dict]
     evals: list[tuple[str, dict]] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # results file -> seconds it took
 
     @property
     def name(self) -> str:
@@ -64,19 +65,21 @@ def read_run(path: str | Path) -> RunRecord:
         raise ConfigError(f"{str(run.path)!r} is not a zerograd run folder (no metrics.jsonl or config.yaml)")
     # the recorded extras (versions, device) and every value checked like any config
     config = {**run.read_config_dict(), **run.read_config().to_dict()} if run.config_file.is_file() else {}
-    evals = []
+    evals, seconds = [], {}
     for f in run.result_files():
         try:  # written atomically by zerograd: one that does not parse was damaged or replaced
             obj = json.loads(f.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise ConfigError(f"{str(f)!r} is not JSON, so its results cannot be reported; restore "
                               "or delete it") from None
+        if isinstance(obj, dict) and _number(obj.get("seconds")) is not None:  # evaluations, measurements
+            seconds[str(f.relative_to(run.path))] = obj["seconds"] + (_number(obj.get("checks_seconds")) or 0)
         if isinstance(obj, dict) and "robust_acc" in obj:
             if not is_result(obj):
                 raise ConfigError(f"{str(f)!r} is not a zerograd results file (accuracies, n or "
                                   "attack of the wrong type); restore or delete it")
             evals.append((str(f.relative_to(run.path)), obj))
-    return RunRecord(run.path, config, run.read_metrics(), evals)
+    return RunRecord(run.path, config, run.read_metrics(), evals, seconds)
 
 
 # --------------------------------------------------------------------------- analysis
@@ -341,6 +344,27 @@ def evaluation_rows(runs: list[RunRecord]) -> list[str]:
     return lines
 
 
+def cost_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
+    """Markdown rows: the hours each run took, from its own files, and their sum: training steps
+    (`time/epoch_s` of every epoch trained, rolled-back ones too), validation and diagnostics at
+    epoch ends (`time/epoch_end_s`, '-' if the run predates it), and its results files' `seconds`."""
+    lines = ["| run | training h | epoch ends h | evaluations h | total h |", "|---|---|---|---|---|"]
+    sums = [0.0, 0.0, 0.0]
+    recorded = unrecorded = False
+    for r, name in zip(runs, names):
+        train = sum(v for e in r.epochs if (v := _number(e.get("time/epoch_s"))) is not None)
+        ends = [v for e in r.epochs if (v := _number(e.get("time/epoch_end_s"))) is not None]
+        recorded, unrecorded = recorded or bool(ends), unrecorded or len(ends) < len(r.epochs)
+        spent = [train, sum(ends), sum(r.seconds.values())]
+        sums = [a + b for a, b in zip(sums, spent)]
+        lines.append(f"| {name} | {spent[0] / 3600:.2f} | {f'{spent[1] / 3600:.2f}' if ends else '-'} | "
+                     f"{spent[2] / 3600:.2f} | {sum(spent) / 3600:.2f} |")
+    ends = "-" if not recorded else f"{sums[1] / 3600:.2f}{' (not all recorded)' if unrecorded else ''}"
+    lines.append(f"| all | {sums[0] / 3600:.2f} | {ends} | "
+                 f"{sums[2] / 3600:.2f} | {sum(sums) / 3600:.2f} |")
+    return lines
+
+
 def _pct(v) -> str:
     return f"{100 * v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
@@ -596,6 +620,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                    f"the epoch's training images (the per-entry l1 norm of the paper's Table 4), at epoch {SIZE_EPOCH} and "
                    "at the last epoch that measured it."), ""] + sizes
     lines += ["", "## Evaluations", ""] + evaluation_rows(runs)
+    lines += ["", "## Cost", "",
+              ("Hours of compute each run took, as its own files record them: training steps "
+               "(`time/epoch_s`, every epoch trained, rolled-back ones too), validation and diagnostics at "
+               "epoch ends (`time/epoch_end_s`; '-' for runs that predate it), and the evaluations and "
+               "measurements in its results files (`seconds`). Wall-clock hours of the processes that "
+               "ran them, on whatever else shared the machine."), ""] + cost_rows(runs, names)
     lines += ["", "## Runs", ""]
     for r, name, setting in zip(runs, names, settings):
         ep = r.epochs

@@ -118,11 +118,14 @@ def fit(state: TrainState, objective: Objective, hooks: Hooks, history: History,
             stop = announce(state, action, history)
             if refused:
                 break
+        trained = time.perf_counter()
         metrics = {"epoch": state.epoch, "step": state.step, "lr": state.lr, **totals.metrics(state),
-                   "time/epoch_s": time.perf_counter() - started, **validation_metrics(state)}
+                   "time/epoch_s": trained - started, **validation_metrics(state)}
         state.metrics = metrics
         fired = hooks.fire(EPOCH_END, state)
         metrics.update(fired.metrics)
+        # validation and the epoch-end diagnostics: part of what a run costs, not of a step
+        metrics["time/epoch_end_s"] = time.perf_counter() - trained
         state.metrics = {}
         history.emit(metrics)
         if isinstance(fired.action, Stop) and stop is None:
