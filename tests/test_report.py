@@ -156,6 +156,8 @@ def test_settings_that_differ_in_epochs_eps_or_model_get_distinct_labels():
     labels = distinct_labels(configs)
     assert len(labels) == 3 and len(set(labels.values())) == 3  # seeds are one setting
     assert labels[setting_key(configs[2])] == "zerograd · epochs=20 eps=0.2 model=small_cnn"
+    at_255 = distinct_labels([{**base, "eps": 8 / 255}, {**base, "eps": 16 / 255}])
+    assert sorted(at_255.values()) == ["zerograd · eps=16/255", "zerograd · eps=8/255"]  # as they were set
 
 
 def test_co_at_end_tells_a_persistent_collapse_from_a_dip(tmp_path):
@@ -434,3 +436,19 @@ def test_the_cost_section_sums_training_epoch_ends_and_evaluations_from_the_file
     assert "| all | 1.00 | 0.50 (not all recorded) | 2.20 | 3.70 |" in text
     alone = build_report([old], tmp_path / "rep2", gradient_images=0).read_text()
     assert "| all | 0.00 | - | 0.60 | 0.60 |" in alone  # nothing recorded: not a measured zero
+
+
+def test_a_rollback_is_annotated_with_what_it_changed(runs):
+    """Only the hyperparameter the rollback changed (q), not every method argument, so the notes
+    of rollbacks a few epochs apart stay readable."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from zerograd.report import _mark_events
+
+    fig, ax = plt.subplots()
+    _mark_events(ax, read_run(runs[2]), annotate=True)
+    assert [t.get_text() for t in ax.texts] == ["→ 1: q=0.35"]
+    plt.close(fig)

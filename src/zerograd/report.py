@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,7 +163,7 @@ def distinct_labels(configs: list[dict]) -> dict[str, str]:
     varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     labels = {}
     for c in configs:
-        extra = " ".join(f"{k}={_fmt(c.get(k))}" for k in varying)
+        extra = " ".join(f"{k}={_eps(c.get(k)) if k == 'eps' else _fmt(c.get(k))}" for k in varying)
         named = _varying_method_args(configs, c.get("method"))
         labels[setting_key(c)] = setting_label(c, named) + (f" · {extra}" if extra else "")
     return labels
@@ -180,6 +181,13 @@ def _varying_method_args(configs: list[dict], method) -> frozenset:
 def setting_key(config: dict) -> str:
     return json.dumps({k: v for k, v in config.items() if k not in NOT_SETTING}, sort_keys=True,
                       default=str)
+
+
+def _eps(v) -> str:
+    """An eps as the n/255 it was set as (8/255, not 0.0313725), where that is the shorter."""
+    if isinstance(v, (int, float)) and math.isfinite(v) and abs(v * 255 - round(v * 255)) < 1e-6:
+        return min(_fmt(v), f"{round(v * 255)}/255", key=len)
+    return _fmt(v)
 
 
 def _fmt(v) -> str:
@@ -388,7 +396,8 @@ def _mark_events(ax, run: RunRecord, annotate: bool = False) -> None:
     """Dashed red line at each CO detection the guard logged, green at each rollback, on the
     trained-epoch axis; for a run without the guard's detections, a dotted red line at the
     onset of a collapse that persists and a grey one at an earlier flag the run recovered from."""
-    trained = 0
+    trained, rollbacks = 0, 0
+    before = _method_args(run.config)[0]
     for r in run.records:
         if "train/loss" in r:
             trained += 1
@@ -397,10 +406,14 @@ def _mark_events(ax, run: RunRecord, annotate: bool = False) -> None:
             if r.get("co/detected"):
                 ax.axvline(x, color="red", ls="--", lw=1)
             if r.get("event") == "rollback":
-                args = ", ".join(f"{k}={_fmt(v)}" for k, v in (r.get("method_args") or {}).items())
+                after = r.get("method_args") or {}
+                changed = " ".join(f"{k}={_fmt(v)}" for k, v in after.items() if before.get(k) != v)
+                before = {**before, **after}
                 ax.axvline(x + 0.1, color="green", lw=1.5)
-                ax.text(x + 0.15, 0.97, f"rollback → {r.get('to_epoch')}\n{args}", color="green",
-                        fontsize=7, va="top", transform=ax.get_xaxis_transform())
+                if annotate:  # stacked, so rollbacks epochs apart stay readable
+                    ax.text(x + 0.15, 0.97 - 0.16 * (rollbacks % 4), f"→ {r.get('to_epoch')}: {changed}",
+                            color="green", fontsize=7, va="top", transform=ax.get_xaxis_transform())
+                rollbacks += 1
             if r.get("event") == "stop":
                 ax.text(x, 0.5, "stop", color="red", fontsize=7, transform=ax.get_xaxis_transform())
     if any(e.get("co/detected") for e in run.events):
@@ -474,7 +487,9 @@ def plot_run(run: RunRecord, path: Path, setting: str | None = None) -> None:
 
     axes[-1, 0].xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1, 0].set_xlabel("epoch trained (rolled-back epochs count again)")
-    fig.suptitle(f"{run.name}: {setting or setting_label(run.config)}, seed {run.config.get('seed', '?')}", fontsize=10)
+    title = [f"{run.name}, seed {run.config.get('seed', '?')}",
+             *textwrap.wrap(setting or setting_label(run.config), 90)]  # a long label stays inside the figure
+    fig.suptitle("\n".join(title), fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
