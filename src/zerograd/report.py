@@ -504,13 +504,14 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
 
     names = distinct_labels([r.config for r in runs])
     labels = list(dict.fromkeys(names[setting_key(r.config)] for r in runs))
-    colours = plt.get_cmap("tab20")
-    fig, ax = plt.subplots(figsize=(10, 4.5))
+    # tab10's hues are distinct; tab20 pairs a dark and a light shade of each, read as one setting
+    colours, count = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
+    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * len(labels)))
     for r in runs:
         label = names[setting_key(r.config)]
         xs, ys = _series(r.epochs, "val/pgd_acc")
         i = labels.index(label)
-        ax.plot(xs, ys, color=colours(i % 20), alpha=0.8, label=label if r is next(
+        ax.plot(xs, ys, color=colours(i % count), alpha=0.8, label=label if r is next(
             q for q in runs if names[setting_key(q.config)] == label) else None)
     from matplotlib.ticker import MaxNLocator
 
@@ -518,7 +519,7 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
     ax.set_xlabel("epoch trained")
     ax.set_ylabel("validation PGD accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15))  # below: long labels keep the axes wide
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
