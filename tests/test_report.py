@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from zerograd import ConfigError
+from zerograd.analysis import co_epoch, persistent_co_epoch, read_run, setting_label
 from zerograd.cli import main
-from zerograd.report import build_report, co_epoch, persistent_co_epoch, read_run, setting_label
+from zerograd.report import build_report
 from zerograd.reproduce import command_line, plan, reproduce
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -149,7 +150,7 @@ def test_cpu_co_experiment_fgsm_rs_overfits_and_zerograd_does_not(tmp_path, shar
 
 
 def test_settings_that_differ_in_epochs_eps_or_model_get_distinct_labels():
-    from zerograd.report import distinct_labels, setting_key
+    from zerograd.analysis import distinct_labels, setting_key
 
     base = {"method": "zerograd", "method_args": {}, "epochs": 10, "eps": 0.2, "model": "small_cnn", "seed": 0}
     configs = [base, {**base, "seed": 1}, {**base, "epochs": 20}, {**base, "eps": 0.1, "model": "preact_resnet18"}]
@@ -206,7 +207,7 @@ def test_the_diagnostics_jump_at_the_onset_is_tabled(tmp_path):
 def test_the_recorded_data_fingerprint_is_a_fact_not_a_setting():
     """config.yaml's `data:` (your own data's fingerprint, per run) neither splits seeds into
     settings nor shows in labels, like `environment`."""
-    from zerograd.report import distinct_labels, setting_key
+    from zerograd.analysis import distinct_labels, setting_key
 
     base = {"method": "zerograd", "method_args": {}, "dataset": "folder:/d/a", "seed": 0,
             "data": {"fingerprint": "0123", "images": {"train": 9, "test": 3}}}
@@ -393,7 +394,7 @@ def test_a_kept_copy_beside_its_original_is_refused_not_counted_as_a_second_seed
 def test_labels_name_a_hyperparameter_the_compared_runs_of_a_method_differ_in_even_at_its_default():
     """fgsm_rs at its default alpha (1.25) beside fgsm_rs alpha=2 is 'fgsm_rs alpha=1.25', not a bare
     'fgsm_rs' that reads like the other; alone, the default stays unnamed."""
-    from zerograd.report import distinct_labels, setting_key
+    from zerograd.analysis import distinct_labels, setting_key
 
     default = {"method": "fgsm_rs", "method_args": {"alpha": 1.25}, "seed": 0}
     two = {"method": "fgsm_rs", "method_args": {"alpha": 2.0}, "seed": 0}
@@ -446,7 +447,7 @@ def test_a_rollback_is_annotated_with_what_it_changed(runs):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from zerograd.report import _mark_events
+    from zerograd.plots import _mark_events
 
     fig, ax = plt.subplots()
     _mark_events(ax, read_run(runs[2]), annotate=True)
