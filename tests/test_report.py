@@ -71,7 +71,8 @@ def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
     # the guard's CO event counts as a flag; the run recovered, so no CO at the end;
     # its AutoAttack file is of another checkpoint (best) and n, so it is not the column's
     assert "| 1/1 | 2 | 0/1 | 1 |" in zg and "30.00" in zg and zg.split("|")[10].strip() == "-"
-    assert "| zg-s0 | evals/aa.json | best |" in text and "autoattack" in text
+    assert "| zg-s0 | evals/aa.json | best | AutoAttack (standard) |" in text
+    assert "| rs-s0 | eval.json | last | PGD-50-10, eps 8/255, step 0.25 eps | 100 | 50.00 | 0.00 |" in text
     for name in ("overview", "rs-s0", "rs-s1", "zg-s0"):
         assert (out / "plots" / f"{name}.png").read_bytes()[:8] == PNG
         assert f"plots/{name}.png" in text
@@ -453,3 +454,15 @@ def test_a_rollback_is_annotated_with_what_it_changed(runs):
     _mark_events(ax, read_run(runs[2]), annotate=True)
     assert [t.get_text() for t in ax.texts] == ["→ 1: q=0.35"]
     plt.close(fig)
+
+
+def test_the_evaluations_table_names_a_checkpoint_the_same_way_for_every_results_file():
+    """eval.json records the kind ('last'); a `zerograd eval` file records the path and the kind apart."""
+    from zerograd.report import _checkpoint_cell
+
+    assert _checkpoint_cell({"checkpoint": "last", "checkpoint_epoch": 40}) == "last, epoch 40"
+    assert _checkpoint_cell({"checkpoint": "runs/r/checkpoints/last.pt", "checkpoint_kind": "last",
+                             "checkpoint_epoch": 40}) == "last, epoch 40"
+    assert _checkpoint_cell({"checkpoint": "runs/r/checkpoints/epoch-13.pt", "checkpoint_kind": "epoch-13",
+                             "checkpoint_epoch": 13}) == "epoch-13"
+    assert _checkpoint_cell({"checkpoint": "weights.pt"}) == "weights.pt"

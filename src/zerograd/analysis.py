@@ -147,7 +147,7 @@ def distinct_labels(configs: list[dict]) -> dict[str, str]:
     varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
     labels = {}
     for c in configs:
-        extra = " ".join(f"{k}={_eps(c.get(k)) if k == 'eps' else fmt(c.get(k))}" for k in varying)
+        extra = " ".join(f"{k}={eps_text(c.get(k)) if k == 'eps' else fmt(c.get(k))}" for k in varying)
         named = _varying_method_args(configs, c.get("method"))
         labels[setting_key(c)] = setting_label(c, named) + (f" · {extra}" if extra else "")
     return labels
@@ -167,7 +167,7 @@ def setting_key(config: dict) -> str:
                       default=str)
 
 
-def _eps(v) -> str:
+def eps_text(v) -> str:
     """An eps as the n/255 it was set as (8/255, not 0.0313725), where that is the shorter."""
     if isinstance(v, (int, float)) and math.isfinite(v) and abs(v * 255 - round(v * 255)) < 1e-6:
         return min(fmt(v), f"{round(v * 255)}/255", key=len)

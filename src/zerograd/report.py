@@ -10,7 +10,6 @@ written here; the figures are drawn by plots.py, and runs are read by analysis.p
 """
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
@@ -20,7 +19,9 @@ from .analysis import (
     co_epoch,
     co_summary,
     distinct_labels,
+    eps_text,
     finite_number,
+    fmt,
     persistent_co_epoch,
     read_run,
     setting_key,
@@ -185,11 +186,30 @@ def evaluation_rows(runs: list[RunRecord]) -> list[str]:
     lines = ["| run | file | checkpoint | attack | n | clean % | robust % |", "|---|---|---|---|---|---|---|"]
     for r in runs:
         for name, e in r.evals:
-            a = e.get("attack")
-            attack = json.dumps(a, sort_keys=True) if isinstance(a, dict) else str(a)
-            lines.append(f"| {r.name} | {name} | {Path(str(e.get('checkpoint', '-'))).name} | `{attack}` | "
+            lines.append(f"| {r.name} | {name} | {_checkpoint_cell(e)} | {_attack_cell(e['attack'])} | "
                          f"{e.get('n', '-')} | {_pct(e.get('clean_acc'))} | {_pct(e.get('robust_acc'))} |")
     return lines
+
+
+def _checkpoint_cell(e: dict) -> str:
+    """'last, epoch 40': the kind of checkpoint and its epoch, the same words for eval.json and
+    for a `zerograd eval` results file (which records the checkpoint's path)."""
+    kind = str(_checkpoint_kind(e) or "-")
+    kind = Path(kind).name if "/" in kind or kind.endswith(".pt") else kind
+    epoch = e.get("checkpoint_epoch")
+    return kind + (f", epoch {epoch}" if isinstance(epoch, int) and not kind.startswith("epoch-") else "")
+
+
+def _attack_cell(attack: dict) -> str:
+    """'PGD-50-10, eps 8/255, step 0.25 eps': the attack as people name it, with its budget."""
+    parts = [attack_title(attack)]
+    if attack.get("eps") is not None:
+        parts.append(f"eps {eps_text(attack['eps'])}")
+    if attack.get("alpha") is not None:
+        parts.append(f"step {fmt(attack['alpha'])} eps")
+    if attack.get("attacks"):
+        parts.append(" + ".join(attack["attacks"]))
+    return ", ".join(parts)
 
 
 def cost_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
