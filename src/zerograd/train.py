@@ -171,6 +171,10 @@ def _train(cfg: Config, user: UserModel | None, par, run: RunFolder | None, *, c
         stop = fit(state, objective, hooks, history, progress=no_progress if quiet else progress_bar)
         par.barrier()  # best.pt is written before any rank reads it
         result = final_evaluation(state, run, stop, quiet)
+        # every rank is done with the group before any tears it down (gloo can abort a rank
+        # that destroys its group while a peer still uses it); not on failure: a barrier there
+        # would wait for a rank that is gone
+        par.barrier()
     finally:
         if log is not None:
             log.close()
