@@ -144,22 +144,26 @@ def distinct_labels(configs: list[dict]) -> dict[str, str]:
     """setting_key -> a label that tells settings apart: setting_label plus every other key on
     which the compared settings differ (e.g. epochs, eps, model), so no two share a label."""
     keys = sorted({k for c in configs for k in c if k not in NOT_SETTING + LABELLED})
-    varying = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    varying = [k for k in keys if _differ(c.get(k) for c in configs)]
+    named = {m: _varying_method_args([c for c in configs if c.get("method") == m])
+             for m in {c.get("method") for c in configs}}
     labels = {}
     for c in configs:
         extra = " ".join(f"{k}={eps_text(c.get(k)) if k == 'eps' else fmt(c.get(k))}" for k in varying)
-        named = _varying_method_args(configs, c.get("method"))
-        labels[setting_key(c)] = setting_label(c, named) + (f" · {extra}" if extra else "")
+        labels[setting_key(c)] = setting_label(c, named[c.get("method")]) + (f" · {extra}" if extra else "")
     return labels
 
 
-def _varying_method_args(configs: list[dict], method) -> frozenset:
+def _varying_method_args(configs: list[dict]) -> frozenset:
     """The hyperparameters on which the compared runs of one method differ: a label names them
     even at their default, so 'fgsm_rs alpha=1.25' stands beside 'fgsm_rs alpha=2', not 'fgsm_rs'."""
-    resolved = [method_args_of(c)[0] for c in configs if c.get("method") == method]
-    keys = {k for r in resolved for k in r}
-    return frozenset(k for k in keys
-                     if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in resolved}) > 1)
+    resolved = [method_args_of(c)[0] for c in configs]
+    return frozenset(k for k in {k for r in resolved for k in r} if _differ(r.get(k) for r in resolved))
+
+
+def _differ(values) -> bool:
+    """Whether config values (numbers, lists, dicts) are not all the same."""
+    return len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
 
 
 def setting_key(config: dict) -> str:
@@ -169,7 +173,7 @@ def setting_key(config: dict) -> str:
 
 def eps_text(v) -> str:
     """An eps as the n/255 it was set as (8/255, not 0.0313725), where that is the shorter."""
-    if isinstance(v, (int, float)) and math.isfinite(v) and abs(v * 255 - round(v * 255)) < 1e-6:
+    if finite_number(v) is not None and abs(v * 255 - round(v * 255)) < 1e-6:
         return min(fmt(v), f"{round(v * 255)}/255", key=len)
     return fmt(v)
 

@@ -3,7 +3,6 @@ marked (the shape of the paper's Figs. 1-2); over runs, validation PGD accuracy;
 input-gradient figure of the paper's Fig. 3. matplotlib is imported only when one is drawn."""
 from __future__ import annotations
 
-import math
 import textwrap
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from .analysis import (
     RunRecord,
     co_epoch,
     distinct_labels,
+    finite_number,
     fmt,
     method_args_of,
     persistent_co_epoch,
@@ -30,8 +30,8 @@ def _series(records: list[dict], key: str) -> tuple[list[float], list[float]]:
     so x is the position in training: the k-th epoch record trained is at x = k."""
     xs, ys = [], []
     for i, r in enumerate(records, 1):
-        v = r.get(key)
-        if isinstance(v, (int, float)) and math.isfinite(v):
+        v = finite_number(r.get(key))
+        if v is not None:
             xs.append(i)
             ys.append(v)
     return xs, ys

@@ -35,7 +35,7 @@ from .runfolder import PLOTS, REPORT, RESULT, RunFolder
 
 def mean_std(values: list[float]) -> str:
     """'mean +- std' in percent ('n/a' without values; no std for one value)."""
-    vals = [v for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    vals = [v for v in values if finite_number(v) is not None]
     if not vals:
         return "n/a"
     if len(vals) == 1:
@@ -234,7 +234,7 @@ def cost_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
 
 
 def _pct(v) -> str:
-    return f"{100 * v:.2f}" if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+    return f"{100 * v:.2f}" if finite_number(v) is not None else "n/a"
 
 
 def build_report(paths: list[str | Path], out: str | Path | None = None, *,
