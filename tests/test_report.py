@@ -466,3 +466,33 @@ def test_the_evaluations_table_names_a_checkpoint_the_same_way_for_every_results
     assert _checkpoint_cell({"checkpoint": "runs/r/checkpoints/epoch-13.pt", "checkpoint_kind": "epoch-13",
                              "checkpoint_epoch": 13}) == "epoch-13"
     assert _checkpoint_cell({"checkpoint": "weights.pt"}) == "weights.pt"
+
+
+def test_the_curve_table_shows_pgd_and_fgsm_at_chosen_epochs_and_the_value_a_rollback_kept(tmp_path):
+    a = make_run(tmp_path / "a", seed=0, pgd=[0.1, 0.2, 0.3], fgsm=[0.2, 0.3, 0.4], robust=0.1)
+    b = make_run(tmp_path / "b", seed=1, pgd=[0.15, 0.25, 0.35], fgsm=[0.2, 0.3, 0.4], robust=0.1)
+    b_cfg = yaml.safe_load((b / "config.yaml").read_text())
+    (b / "config.yaml").write_text(yaml.safe_dump({**b_cfg, "eps": 16 / 255}))
+    with open(b / "metrics.jsonl", "a") as f:  # epoch 2 trained again after a rollback: 0.05 kept
+        f.write(json.dumps({"epoch": 2, "step": 20, "train/loss": 1.0, "val/pgd_acc": 0.05}) + "\n")
+    text = build_report([a, b], tmp_path / "rep", gradient_images=0, epochs=[3, 2]).read_text()
+    assert "| run | 2 | 3 |" in text
+    assert "| a (at 8/255) | 20.0 (30.0) | 30.0 (40.0) |" in text
+    assert "| b (at 16/255) | 5.0 | 35.0 (40.0) |" in text
+
+
+def test_the_curve_table_spreads_nine_epochs_over_the_longest_run_by_default(tmp_path):
+    from zerograd.report import curve_epochs
+    long = make_run(tmp_path / "a", seed=0, pgd=[0.1] * 40, fgsm=[0.2] * 40, robust=0.1)
+    assert curve_epochs([read_run(long)]) == [1, 6, 11, 16, 20, 25, 30, 35, 40]
+    short = make_run(tmp_path / "b", seed=0, pgd=[0.1] * 3, fgsm=[0.2] * 3, robust=0.1)
+    assert curve_epochs([read_run(short)]) == [1, 2, 3]
+    text = build_report([long], tmp_path / "rep", gradient_images=0).read_text()
+    assert "| a | 10.0 (20.0) |" in text and "(at " not in text  # one eps: no eps in the names
+
+
+@pytest.mark.parametrize("bad", [[0], [-3], [2, True]])
+def test_a_bad_curve_epoch_is_one_line_before_anything_is_written(runs, tmp_path, bad):
+    with pytest.raises(ConfigError, match="--epochs"):
+        build_report(runs, tmp_path / "rep", gradient_images=0, epochs=bad)
+    assert not (tmp_path / "rep").exists()

@@ -144,7 +144,7 @@ def distinct_labels(configs: list[dict]) -> dict[str, str]:
     """setting_key -> a label that tells settings apart: setting_label plus every other key on
     which the compared settings differ (e.g. epochs, eps, model), so no two share a label."""
     keys = sorted({k for c in configs for k in c if k not in NOT_SETTING + LABELLED})
-    varying = [k for k in keys if _differ(c.get(k) for c in configs)]
+    varying = [k for k in keys if differ(c.get(k) for c in configs)]
     named = {m: _varying_method_args([c for c in configs if c.get("method") == m])
              for m in {c.get("method") for c in configs}}
     labels = {}
@@ -158,10 +158,10 @@ def _varying_method_args(configs: list[dict]) -> frozenset:
     """The hyperparameters on which the compared runs of one method differ: a label names them
     even at their default, so 'fgsm_rs alpha=1.25' stands beside 'fgsm_rs alpha=2', not 'fgsm_rs'."""
     resolved = [method_args_of(c)[0] for c in configs]
-    return frozenset(k for k in {k for r in resolved for k in r} if _differ(r.get(k) for r in resolved))
+    return frozenset(k for k in {k for r in resolved for k in r} if differ(r.get(k) for r in resolved))
 
 
-def _differ(values) -> bool:
+def differ(values) -> bool:
     """Whether config values (numbers, lists, dicts) are not all the same."""
     return len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1
 

@@ -206,7 +206,8 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _report(args) -> int:
-    path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir)
+    path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir,
+                        epochs=args.epochs)
     print(f"report: {path}", file=sys.stderr)
     return 0
 
@@ -349,6 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="report folder (default: the run folder, if only one)")
     p.add_argument("--gradient-images", type=int64, default=4,
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
+    p.add_argument("--epochs", type=int64, nargs="+", metavar="E",
+                   help="epochs of the table of validation accuracies (default: 9 spread over the longest run)")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=_report)
 

@@ -18,6 +18,7 @@ from .analysis import (
     RunRecord,
     co_epoch,
     co_summary,
+    differ,
     distinct_labels,
     eps_text,
     finite_number,
@@ -233,12 +234,44 @@ def cost_rows(runs: list[RunRecord], names: list[str]) -> list[str]:
     return lines
 
 
+CURVE_COLUMNS = 9  # epochs in the curve table when none are chosen
+
+
+def curve_epochs(runs: list[RunRecord], chosen: list[int] | None = None) -> list[int]:
+    """The epochs of the curve table: the chosen ones, else CURVE_COLUMNS spread evenly over
+    the longest run, its last epoch included."""
+    if chosen:
+        return sorted(set(chosen))
+    last = max((int(e["epoch"]) for r in runs for e in r.epochs if isinstance(e.get("epoch"), int)), default=0)
+    if last <= CURVE_COLUMNS:
+        return list(range(1, last + 1))
+    return sorted({round(1 + i * (last - 1) / (CURVE_COLUMNS - 1)) for i in range(CURVE_COLUMNS)})
+
+
+def curve_rows(runs: list[RunRecord], names: list[str], epochs: list[int]) -> list[str]:
+    """Markdown rows: each run's validation PGD accuracy (FGSM accuracy in brackets) at the given
+    epochs; of an epoch trained again after a rollback, the value it kept (its last record).
+    Where the runs' eps differ, each name says the eps its accuracies are at."""
+    eps_differ = differ(r.config.get("eps") for r in runs)
+    lines = ["| run | " + " | ".join(str(e) for e in epochs) + " |", "|---" * (len(epochs) + 1) + "|"]
+    for r, name in zip(runs, names):
+        kept = {e.get("epoch"): e for e in r.epochs}  # later records (after a rollback) win
+        cells = []
+        for epoch in epochs:
+            e = kept.get(epoch, {})
+            pgd, fgsm = finite_number(e.get("val/pgd_acc")), finite_number(e.get("val/fgsm_acc"))
+            cells.append("-" if pgd is None else f"{100 * pgd:.1f}" + ("" if fgsm is None else f" ({100 * fgsm:.1f})"))
+        label = f"{name} (at {eps_text(r.config.get('eps'))})" if eps_differ else name
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def _pct(v) -> str:
     return f"{100 * v:.2f}" if finite_number(v) is not None else "n/a"
 
 
 def build_report(paths: list[str | Path], out: str | Path | None = None, *,
-                 gradient_images: int = 4, data_dir=None) -> Path:
+                 gradient_images: int = 4, data_dir=None, epochs: list[int] | None = None) -> Path:
     """Write `out`/report.md and `out`/plots/*.png for the given run folders; returns the
     report's path. Every folder is read before anything is written."""
     if not paths:
@@ -266,6 +299,9 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
         raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
     if gradient_images < 0:
         raise ConfigError(f"--gradient-images={gradient_images} is invalid: must be >= 0")
+    bad = [e for e in epochs or [] if isinstance(e, bool) or not isinstance(e, int) or e < 1]
+    if bad:
+        raise ConfigError(f"--epochs {bad[0]!r} is invalid: epochs are whole numbers >= 1")
     plots = out / PLOTS
     plots.mkdir(parents=True, exist_ok=True)
     names = _unique_names(runs)
@@ -287,6 +323,12 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
         lines += ["", f"![validation PGD accuracy of every run]({PLOTS}/overview.png)"]
+    columns = curve_epochs(runs, epochs)
+    if columns:
+        lines += ["", "## Validation accuracy by epoch", "",
+                  ("Each run's validation PGD accuracy in %, FGSM accuracy in brackets, at these epochs "
+                   "(`--epochs`); of an epoch trained again after a rollback, the value it kept."), ""]
+        lines += curve_rows(runs, names, columns)
     jumps = co_jump_rows(runs, names)
     if len(jumps) > 2:
         lines += ["", "## The diagnostics at the onset of CO", "",
