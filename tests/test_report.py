@@ -496,3 +496,14 @@ def test_a_bad_curve_epoch_is_one_line_before_anything_is_written(runs, tmp_path
     with pytest.raises(ConfigError, match="--epochs"):
         build_report(runs, tmp_path / "rep", gradient_images=0, epochs=bad)
     assert not (tmp_path / "rep").exists()
+
+
+def test_the_overview_compares_runs_at_each_eps_apart_smallest_first(tmp_path):
+    from zerograd.analysis import runs_by_eps
+    folders = [make_run(tmp_path / n, seed=0, pgd=[0.1, 0.2], fgsm=[0.2, 0.3], robust=0.1) for n in "abc"]
+    for folder, eps in zip(folders, (16 / 255, 8 / 255, 16 / 255)):
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        (folder / "config.yaml").write_text(yaml.safe_dump({**cfg, "eps": eps}))
+    groups = runs_by_eps([read_run(f) for f in folders])
+    assert list(groups) == ["8/255", "16/255"]
+    assert [r.name for r in groups["16/255"]] == ["a", "c"] and [r.name for r in groups["8/255"]] == ["b"]

@@ -178,6 +178,16 @@ def eps_text(v) -> str:
     return fmt(v)
 
 
+def runs_by_eps(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    """eps (as eps_text) -> its runs, smallest eps first: accuracies at different eps are
+    compared apart."""
+    groups: dict[str, list[RunRecord]] = {}
+    for r in sorted(runs, key=lambda r: (finite_number(r.config.get("eps")) is None,
+                                         finite_number(r.config.get("eps")) or 0.0)):
+        groups.setdefault(eps_text(r.config.get("eps")), []).append(r)
+    return groups
+
+
 def fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 

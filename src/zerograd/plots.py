@@ -16,6 +16,7 @@ from .analysis import (
     fmt,
     method_args_of,
     persistent_co_epoch,
+    runs_by_eps,
     setting_key,
     setting_label,
 )
@@ -129,30 +130,38 @@ def plot_run(run: RunRecord, path: Path, setting: str | None = None) -> None:
 
 
 def plot_overview(runs: list[RunRecord], path: Path) -> None:
-    """Validation PGD accuracy per epoch of every run, one colour (and label) per setting."""
+    """Validation PGD accuracy per epoch of every run, one colour (and label) per setting; one
+    panel per eps, since accuracies at different eps are on different scales."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    names = distinct_labels([r.config for r in runs])
-    labels = list(dict.fromkeys(names[setting_key(r.config)] for r in runs))
-    # tab10's hues are distinct; tab20 pairs a dark and a light shade of each, read as one setting
-    colours, count = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
-    fig, ax = plt.subplots(figsize=(9, 4.5 + 0.22 * len(labels)))
-    for r in runs:
-        label = names[setting_key(r.config)]
-        xs, ys = _series(r.epochs, "val/pgd_acc")
-        i = labels.index(label)
-        ax.plot(xs, ys, color=colours(i % count), alpha=0.8, label=label if r is next(
-            q for q in runs if names[setting_key(q.config)] == label) else None)
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch trained")
-    ax.set_ylabel("validation PGD accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15))  # below: long labels keep the axes wide
+    names = distinct_labels([r.config for r in runs])
+    groups = runs_by_eps(runs)
+    counts = [len({setting_key(r.config) for r in group}) for group in groups.values()]
+    fig, axes = plt.subplots(len(groups), 1, squeeze=False,
+                             figsize=(9, sum(4.5 + 0.22 * c for c in counts)),
+                             gridspec_kw={"height_ratios": [4.5 + 0.22 * c for c in counts]})
+    for ax, (eps, group) in zip(axes[:, 0], groups.items()):
+        labels = list(dict.fromkeys(names[setting_key(r.config)] for r in group))
+        # tab10's hues are distinct; tab20 pairs a dark and a light shade of each, read as one setting
+        colours, count = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
+        drawn: set[str] = set()
+        for r in group:
+            label = names[setting_key(r.config)]
+            xs, ys = _series(r.epochs, "val/pgd_acc")
+            ax.plot(xs, ys, color=colours(labels.index(label) % count), alpha=0.8,
+                    label=None if label in drawn else label)
+            drawn.add(label)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch trained")
+        ax.set_ylabel("validation PGD accuracy")
+        if len(groups) > 1:
+            ax.set_title(f"eps = {eps}", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0, -0.15))  # below: long labels keep the axes wide
     fig.tight_layout()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
