@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from zerograd import augment, download
 from zerograd import data as D
 from zerograd.data import DATASETS, Split, batches, check_available, load_data
 from zerograd.errors import ConfigError
@@ -175,7 +176,7 @@ def test_same_generator_seed_gives_bitwise_identical_batches():
 
 
 def test_augmentation_is_a_zero_padded_shifted_or_flipped_copy():
-    n, pad, h, w = 256, D.PAD, 8, 8
+    n, pad, h, w = 256, augment.PAD, 8, 8
     split = _index_split(n)
     g = torch.Generator().manual_seed(0)
     (x_aug, y), = batches(split, n, shuffle=False, augment=True, generator=g)
@@ -304,7 +305,7 @@ def test_missing_files_offline_names_file_and_url(tmp_path, monkeypatch):
     def offline(url, dest):
         raise urllib.error.URLError("no network\nat all")
 
-    monkeypatch.setattr(D, "_fetch", offline)
+    monkeypatch.setattr(download, "fetch", offline)
     with pytest.raises(ConfigError) as e:
         check_available("cifar10", tmp_path)
     msg = str(e.value)
@@ -315,7 +316,7 @@ def test_missing_files_offline_names_file_and_url(tmp_path, monkeypatch):
 
 
 def test_missing_files_without_download_never_fetches(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "_fetch", lambda url, dest: pytest.fail("network used"))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: pytest.fail("network used"))
     with pytest.raises(ConfigError, match="download disabled") as e:
         load_data("svhn", data_dir=tmp_path, download=False)
     assert "train_32x32.mat" in str(e.value) and "ufldl.stanford.edu" in str(e.value)
@@ -332,14 +333,14 @@ def test_download_verifies_md5_then_extracts(tmp_path, monkeypatch):
         fetched.append(url)
         Path(dest).write_bytes(archive.read_bytes())
 
-    monkeypatch.setattr(D, "_fetch", fake_fetch)
+    monkeypatch.setattr(download, "fetch", fake_fetch)
     root = tmp_path / "root"
     monkeypatch.setitem(D._DOWNLOADS, "cifar10", ((D._CIFAR10_URL, "0" * 32),))
     with pytest.raises(ConfigError, match="checksum mismatch"):
         check_available("cifar10", root)
     assert not (root / "cifar-10-batches-py").exists() and not list(root.glob(".*"))
 
-    monkeypatch.setitem(D._DOWNLOADS, "cifar10", ((D._CIFAR10_URL, D._md5(archive)),))
+    monkeypatch.setitem(D._DOWNLOADS, "cifar10", ((D._CIFAR10_URL, download._md5(archive)),))
     check_available("cifar10", root)
     assert fetched == [D._CIFAR10_URL] * 2
     assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]  # no leftovers
@@ -359,7 +360,7 @@ def test_safe_extract_refuses_paths_outside(tmp_path, name):
     archive = _tar_with(tmp_path / "bad.tar.gz", tarfile.TarInfo(name))
     dest = tmp_path / "dest"
     with pytest.raises(ConfigError, match="unsafe path"):
-        D._safe_extract(archive, dest)
+        download.safe_extract(archive, dest)
     assert not (tmp_path / "escape.txt").exists() and not list(dest.rglob("*"))
 
 
@@ -367,7 +368,7 @@ def test_safe_extract_refuses_links(tmp_path):
     link = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     with pytest.raises(ConfigError, match="link or device"):
-        D._safe_extract(_tar_with(tmp_path / "bad.tar.gz", link), tmp_path / "dest")
+        download.safe_extract(_tar_with(tmp_path / "bad.tar.gz", link), tmp_path / "dest")
 
 
 def _crops_and_flips(x_aug: torch.Tensor, original: torch.Tensor, padded: torch.Tensor) -> set:
@@ -415,7 +416,7 @@ def test_rotation_source_of_a_quarter_turn_is_rot90_counter_clockwise():
     i = torch.arange(5).view(1, 5, 1).expand(2, 5, 5)
     j = torch.arange(5).view(1, 1, 5).expand(2, 5, 5)
     for degrees, k in ((90.0, 1), (-90.0, -1), (0.0, 0)):
-        si, sj, inside = D._rotated_source(i, j, torch.full((2, 1, 1), degrees, dtype=torch.float64))
+        si, sj, inside = augment._rotated_source(i, j, torch.full((2, 1, 1), degrees, dtype=torch.float64))
         assert bool(inside.all())
         out = x.permute(0, 2, 3, 1)[torch.arange(2)[:, None, None], si, sj].permute(0, 3, 1, 2)
         assert torch.equal(out, torch.rot90(x, k, dims=(-2, -1)))

@@ -426,9 +426,9 @@ def test_the_table_has_at_least_25_distinct_rows():
 @pytest.mark.parametrize("num, command, message", rows(), ids=[r[0] for r in rows()])
 def test_bad_input_gets_the_documented_line(num, command, message, tmp_path, finished_run, capsys,
                                             monkeypatch):
-    from zerograd import data
+    from zerograd import download
 
-    monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.chdir(tmp_path)
     words = shlex.split(command)[1:]  # drop "zerograd"
     places = make_places(tmp_path, finished_run, needed={p for w in words for p in re.split("[=:/]", w)})

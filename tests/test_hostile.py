@@ -104,9 +104,9 @@ def run(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command, option, value", cases())
 def test_hostile_value_gets_one_line_or_runs(command, option, value, run, tmp_path, monkeypatch, capsys):
-    from zerograd import data
+    from zerograd import download
 
-    monkeypatch.setattr(data, "_fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(download, "fetch", lambda url, dest: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.chdir(tmp_path)
     args = with_value(base_args(command, run, tmp_path), option, value, not option.startswith("-"))
     try:

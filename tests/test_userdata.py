@@ -11,8 +11,9 @@ import torch
 from PIL import Image
 
 from zerograd import ConfigError, load_config, train
+from zerograd.augment import draw_resized, resized_crop
 from zerograd.config import augmentation, validate
-from zerograd.data import Split, StreamedSplit, _draw_resized, _resized_crop, batches, load_data
+from zerograd.data import Split, StreamedSplit, batches, load_data
 from zerograd.files import read_yaml
 from zerograd.runfolder import resume_config
 from zerograd.runtime import epoch_generator
@@ -191,19 +192,19 @@ def test_the_training_split_streams_above_the_budget(tmp_path):
 
 def test_random_resized_crop_shapes_range_determinism_and_identity():
     x = torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(0))
-    draws = _draw_resized(6, torch.Generator().manual_seed(5), True)
-    out = _resized_crop(x, draws)
+    draws = draw_resized(6, torch.Generator().manual_seed(5), True)
+    out = resized_crop(x, draws)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    assert torch.equal(out, _resized_crop(x, _draw_resized(6, torch.Generator().manual_seed(5), True)))
-    assert not torch.equal(out, _resized_crop(x, _draw_resized(6, torch.Generator().manual_seed(6), True)))
-    same = _draw_resized(6, torch.Generator().manual_seed(5), False, scale=(1, 1), ratio=(1, 1))
-    torch.testing.assert_close(_resized_crop(x, same), x, atol=1e-6, rtol=0)
+    assert torch.equal(out, resized_crop(x, draw_resized(6, torch.Generator().manual_seed(5), True)))
+    assert not torch.equal(out, resized_crop(x, draw_resized(6, torch.Generator().manual_seed(6), True)))
+    same = draw_resized(6, torch.Generator().manual_seed(5), False, scale=(1, 1), ratio=(1, 1))
+    torch.testing.assert_close(resized_crop(x, same), x, atol=1e-6, rtol=0)
     flipped = (*same[:4], torch.ones(6, dtype=torch.bool))
-    torch.testing.assert_close(_resized_crop(x, flipped), x.flip(3), atol=1e-6, rtol=0)
-    quarter = _draw_resized(1, None, False, scale=(0.25, 0.25), ratio=(1, 1))
+    torch.testing.assert_close(resized_crop(x, flipped), x.flip(3), atol=1e-6, rtol=0)
+    quarter = draw_resized(1, None, False, scale=(0.25, 0.25), ratio=(1, 1))
     quarter = (quarter[0], quarter[1], torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64),
                quarter[4])  # the top-left 8x8 corner, zoomed 2x
-    corner = _resized_crop(x[:1], quarter)
+    corner = resized_crop(x[:1], quarter)
     torch.testing.assert_close(corner[..., 1:-1:2, 1:-1:2].mean(), x[:1, :, :8, :8][..., :-1, :-1].mean(),
                                atol=0.05, rtol=0)
     assert math.isclose(float(quarter[0]), 0.25)

@@ -13,7 +13,8 @@ from pathlib import Path
 import yaml
 from torch import nn
 
-from .data import CROPS, PAD_MODES, Data, DatasetInfo, dataset_info, pixel_stats
+from .augment import CROPS, PAD_MODES
+from .data import Data, DatasetInfo, dataset_info, pixel_stats
 from .errors import ConfigError
 from .files import dump_yaml, load_yaml, read_yaml
 from .methods import METHODS

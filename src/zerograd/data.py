@@ -10,15 +10,9 @@ one-line ConfigError before any work when they are missing and cannot be fetched
 """
 from __future__ import annotations
 
-import hashlib
-import logging
-import math
 import os
 import pickle
-import shutil
 import tarfile
-import tempfile
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +22,8 @@ import numpy as np
 import torch
 
 from . import userdata
+from .augment import CROPS, PAD_MODES, draw_pad, draw_resized, pad_crop, resized_crop
+from .download import download_files
 from .errors import ConfigError
 from .registry import Registry
 
@@ -37,9 +33,7 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.multiarray import _reconstruct
 
 __all__ = [
-    "CROPS",
     "DATASETS",
-    "PAD_MODES",
     "Data",
     "DatasetInfo",
     "Split",
@@ -52,14 +46,6 @@ __all__ = [
     "resolve_data_dir",
     "to_float",
 ]
-
-log = logging.getLogger(__name__)
-
-PAD = 4  # pixels of padding before the random crop (standard CIFAR augmentation)
-PAD_MODES = ("zeros", "reflect")
-CROPS = ("pad", "resized")  # pad-and-crop (CIFAR's), or random-resized-crop (ImageNet's)
-RESIZED_SCALE = (0.08, 1.0)  # random-resized-crop's area fraction and aspect ratio ranges
-RESIZED_RATIO = (3 / 4, 4 / 3)
 
 
 @dataclass(frozen=True)
@@ -201,7 +187,7 @@ def check_available(name: str, data_dir: str | Path | None = None, *, download: 
     reason = "download disabled"
     if download:
         try:
-            _download(name, root)
+            download_files(_DOWNLOADS[name], root)
             reason = "download did not produce them"
         except (OSError, ValueError, EOFError, tarfile.TarError) as e:  # URLError is an OSError
             detail = " ".join(str(e).split())  # keep the message on one line
@@ -214,84 +200,6 @@ def check_available(name: str, data_dir: str | Path | None = None, *, download: 
             f"fetch {urls} and place/extract it into {root}, "
             "or pass --data-dir (or set ZEROGRAD_DATA_DIR)"
         )
-
-
-def _fetch(url: str, dest: Path) -> None:
-    """Stream `url` to `dest` (the one network call; tests replace it)."""
-    with urllib.request.urlopen(url, timeout=60) as response, open(dest, "wb") as f:
-        shutil.copyfileobj(response, f, length=1 << 20)
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _verify_md5(path: Path, expected: str) -> None:
-    actual = _md5(path)
-    if actual != expected:
-        raise ConfigError(f"checksum mismatch for {path}: md5 {actual}, expected {expected}")
-
-
-def _safe_extract(archive: Path, dest: Path) -> None:
-    """Extract a tar into `dest`, refusing anything that could land outside it.
-
-    Only regular files and directories with relative paths free of '..' are accepted (no links,
-    devices or absolute paths). Extraction goes to a temporary directory inside `dest` and is
-    then renamed into place, so an interrupted run never leaves half-written dataset files.
-    """
-    with tarfile.open(archive) as tar:
-        members = tar.getmembers()
-        for m in members:
-            parts = Path(m.name).parts
-            if Path(m.name).is_absolute() or m.name.startswith(("/", "\\")) or ".." in parts:
-                raise ConfigError(f"unsafe path {m.name!r} in archive {archive}; refusing to extract")
-            if not (m.isfile() or m.isdir()):
-                raise ConfigError(f"unsupported member {m.name!r} (link or device) in {archive}")
-        dest.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=dest))
-        try:
-            extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, members=members, **extra)
-            _move_into(tmp, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into(src: Path, dest: Path) -> None:
-    """Atomically rename each entry of `src` into `dest`, merging into directories that exist."""
-    for item in src.iterdir():
-        target = dest / item.name
-        if item.is_dir() and target.is_dir():
-            _move_into(item, target)
-        else:
-            os.replace(item, target)
-
-
-def _download(name: str, root: Path) -> None:
-    """Fetch the dataset's missing files: temp file -> md5 check -> extract or rename into place."""
-    root.mkdir(parents=True, exist_ok=True)
-    for url, md5 in _DOWNLOADS[name]:
-        filename = url.rsplit("/", 1)[1]
-        is_archive = filename.endswith(".tar.gz")
-        if not is_archive and (root / filename).is_file():
-            continue
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}-", suffix=".part", dir=root)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
-            log.info("downloading %s into %s", url, root)
-            _fetch(url, tmp)
-            _verify_md5(tmp, md5)
-            if is_archive:
-                _safe_extract(tmp, root)
-            else:
-                os.replace(tmp, root / filename)
-        finally:
-            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- readers
@@ -565,107 +473,6 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     raise ConfigError(f"images must be uint8 (0..255) or float pixels in [0, 1], got {x.dtype}")
 
 
-def _augment(x: torch.Tensor, draws: tuple, pad_mode: str = "zeros") -> torch.Tensor:
-    """Pad PAD pixels (zeros or a reflection), random-crop back to HxW, random horizontal flip,
-    then a random rotation about the centre (if drawn; nearest pixel, zeros outside, as
-    torchvision's RandomRotation), by the `draws` of `_draw`. One gather, no loop.
-
-    The draws and the index maps are computed on the CPU, so the result does not depend on
-    where the images live."""
-    b, _, h, w = x.shape
-    dy, dx, flipped, angles = draws
-    i = torch.arange(h).view(1, h, 1)  # output pixel (i, j) of the crop; rows and columns
-    j = torch.arange(w).view(1, 1, w)  # stay separable (broadcast) unless rotated
-    inside = None  # where the output reads an image pixel, not the zero fill (None: everywhere)
-    if angles is not None:
-        i, j, inside = _rotated_source(i.expand(b, h, w), j.expand(b, h, w), angles)
-    j = torch.where(flipped, w - 1 - j, j)  # flipping the crop = reading its columns backwards
-    rows, cols = i + dy - PAD, j + dx - PAD  # in the unpadded image
-    if pad_mode == "reflect":
-        rows, cols = _reflect(rows, h), _reflect(cols, w)
-    else:
-        valid = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
-        inside = valid if inside is None else inside & valid
-    dev = x.device
-    batch = torch.arange(b, device=dev)[:, None, None]
-    out = x.permute(0, 2, 3, 1)[batch, rows.clamp(0, h - 1).to(dev), cols.clamp(0, w - 1).to(dev)]
-    if inside is not None:  # (b, h, w, C): zero outside the image
-        out = out * inside.to(dev)[..., None].to(out.dtype)
-    return out.permute(0, 3, 1, 2).contiguous()
-
-
-def _draw(b: int, generator: torch.Generator | None, flip: bool, rotate: float):
-    """The random numbers `_augment` uses for a batch of b images, in their fixed order
-    (rows, columns, flips, then angles when rotating; the flips are drawn even when unused,
-    so a run without rotation draws what it did before rotation existed). Skipping a batch
-    (`batches(start=...)`) draws them too, so the batches after it are the same as in a run
-    that trained on it."""
-    dy = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
-    dx = torch.randint(0, 2 * PAD + 1, (b, 1, 1), generator=generator)
-    flipped = torch.randint(0, 2, (b, 1, 1), generator=generator).bool() & flip
-    angles = None
-    if rotate > 0:
-        angles = (torch.rand(b, 1, 1, generator=generator, dtype=torch.float64) * 2 - 1) * rotate
-    return dy, dx, flipped, angles
-
-
-def _draw_resized(b: int, generator: torch.Generator | None, flip: bool,
-                  scale: tuple[float, float] = RESIZED_SCALE, ratio: tuple[float, float] = RESIZED_RATIO):
-    """Random-resized-crop's numbers for b images, in order: area fractions (uniform in
-    `scale`), log aspect ratios (uniform in log `ratio`), vertical and horizontal placements
-    (uniform in [0, 1]), flips; float64 on the CPU."""
-    def uniform(lo: float, hi: float) -> torch.Tensor:
-        return lo + (hi - lo) * torch.rand(b, generator=generator, dtype=torch.float64)
-
-    area = uniform(*scale)
-    log_ratio = uniform(math.log(ratio[0]), math.log(ratio[1]))
-    at_y, at_x = uniform(0, 1), uniform(0, 1)
-    flipped = torch.randint(0, 2, (b,), generator=generator).bool() & flip
-    return area, log_ratio, at_y, at_x, flipped
-
-
-def _resized_crop(x: torch.Tensor, draws: tuple) -> torch.Tensor:
-    """Float images (b, C, H, W): each a crop of `area` x H x W pixels and aspect ratio
-    (width/height) exp(log_ratio), clipped to the image, at the drawn placement, flipped if
-    drawn, resized back to H x W by bilinear sampling (one affine_grid + grid_sample for the
-    batch). Scale 1 and ratio 1 give a square image back."""
-    b, c, h, w = x.shape
-    area, log_ratio, at_y, at_x, flipped = draws
-    ratio = log_ratio.exp()
-    cw = (area * h * w * ratio).sqrt().clamp(max=w)  # the crop's width and height in pixels
-    ch = (area * h * w / ratio).sqrt().clamp(max=h)
-    left, top = at_x * (w - cw), at_y * (h - ch)
-    theta = torch.zeros(b, 2, 3, dtype=torch.float64)  # output [-1, 1] -> input coordinates
-    theta[:, 0, 0] = torch.where(flipped, -1.0, 1.0) * cw / w
-    theta[:, 0, 2] = (2 * left + cw) / w - 1
-    theta[:, 1, 1] = ch / h
-    theta[:, 1, 2] = (2 * top + ch) / h - 1
-    grid = torch.nn.functional.affine_grid(theta.to(x.device, torch.float32), [b, c, h, w],
-                                           align_corners=False)
-    out = torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border",
-                                          align_corners=False)
-    return out.clamp_(0, 1)
-
-
-def _reflect(index: torch.Tensor, n: int) -> torch.Tensor:
-    """Reflection padding's source index (the edge pixel is not repeated), for pads < n."""
-    index = index.abs()
-    return torch.where(index >= n, 2 * (n - 1) - index, index)
-
-
-def _rotated_source(i: torch.Tensor, j: torch.Tensor, degrees: torch.Tensor):
-    """For output pixels (i, j) of images rotated counter-clockwise by `degrees` about their
-    centre: the nearest source pixel and whether it lies inside the image."""
-    h, w = i.shape[1], i.shape[2]
-    theta = torch.deg2rad(degrees)
-    cos, sin = torch.cos(theta), torch.sin(theta)
-    y, x = i - (h - 1) / 2, j - (w - 1) / 2  # the inverse rotation (rows point down)
-    src_i = torch.round(sin * x + cos * y + (h - 1) / 2).long()
-    src_j = torch.round(cos * x - sin * y + (w - 1) / 2).long()
-    inside = (src_i >= 0) & (src_i < h) & (src_j >= 0) & (src_j < w)
-    return src_i, src_j, inside
-
-
 def batches(
     split: Split | StreamedSplit,
     batch_size: int,
@@ -685,8 +492,8 @@ def batches(
 
     With `shuffle`, one permutation per call (i.e. per epoch) is drawn from `generator` before
     any augmentation draws, then each batch draws its augmentation: `crop="pad"` crop offsets,
-    flips and angles (`pad_mode`, `flip`, `rotate` as in `_augment`), `crop="resized"` a
-    random-resized crop and flips (`_resized_crop`). `start`: begin at that batch of the
+    flips and angles (`pad_mode`, `flip`, `rotate` as in `pad_crop`), `crop="resized"` a
+    random-resized crop and flips (`resized_crop`). `start`: begin at that batch of the
     epoch, drawing (not applying) the skipped batches' augmentation and reading none of their
     images, so batch k is bitwise the batch k of a full pass (what resuming in the middle of
     an epoch needs). `rows(n)`: the rows (lo, hi) of a batch of n that the caller needs (a
@@ -716,8 +523,8 @@ def batches(
         size = min(batch_size, n - first)
         draws = None
         if augment:
-            draws = (_draw(size, generator, flip, rotate) if crop == "pad"
-                     else _draw_resized(size, generator, flip))
+            draws = (draw_pad(size, generator, flip, rotate) if crop == "pad"
+                     else draw_resized(size, generator, flip))
         if number < start:
             continue
         lo, hi = parts[number]
@@ -727,5 +534,5 @@ def batches(
             yield to_float(x), y
             continue
         draws = tuple(None if d is None else d[lo:hi] for d in draws)
-        yield (to_float(_augment(x, draws, pad_mode)) if crop == "pad"
-               else _resized_crop(to_float(x), draws)), y
+        yield (to_float(pad_crop(x, draws, pad_mode)) if crop == "pad"
+               else resized_crop(to_float(x), draws)), y
