@@ -35,6 +35,15 @@ def make_run(folder, *, seed, pgd, fgsm, robust, method="fgsm_rs", args=None, ex
     return folder
 
 
+def comparison(row: str) -> dict[str, str]:
+    """A row of the report's comparison table, by column name."""
+    header = ["setting", "runs", "seeds", "CO (runs)", "CO epochs", "CO at end", "rollbacks", "clean %",
+              "robust %", "attack", "AutoAttack %", "s/epoch"]
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    assert len(cells) == len(header), row
+    return dict(zip(header, cells))
+
+
 @pytest.fixture
 def runs(tmp_path):
     collapse = ([0.2, 0.3, 0.02], [0.3, 0.4, 0.9])
@@ -63,14 +72,15 @@ def test_report_groups_seeds_and_lists_evaluations(runs, tmp_path):
     path = build_report(runs, out, gradient_images=0)
     text = path.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| fgsm_rs alpha=2 |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "2" and cells[2] == "1/2" and cells[3] == "3" and cells[4] == "1/2 (3)"
-    assert cells[7] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
-    assert cells[9] == "-"  # no AutoAttack result
+    cells = comparison(row)
+    assert cells["runs"] == "rs-s{0,1}" and cells["seeds"] == "2"
+    assert cells["CO (runs)"] == "1/2" and cells["CO epochs"] == "3" and cells["CO at end"] == "1/2 (3)"
+    assert cells["robust %"] == "10.00 ± 14.14"  # robust 0.0 and 0.2: mean 10%, sample std 14.14%
+    assert cells["AutoAttack %"] == "-"  # no AutoAttack result
     zg = next(line for line in text.splitlines() if line.startswith("| zerograd q=0.25 |"))
     # the guard's CO event counts as a flag; the run recovered, so no CO at the end;
     # its AutoAttack file is of another checkpoint (best) and n, so it is not the column's
-    assert "| 1/1 | 2 | 0/1 | 1 |" in zg and "30.00" in zg and zg.split("|")[10].strip() == "-"
+    assert "| 1/1 | 2 | 0/1 | 1 |" in zg and "30.00" in zg and comparison(zg)["AutoAttack %"] == "-"
     assert "| zg-s0 | evals/aa.json | best | AutoAttack (standard) |" in text
     assert "| rs-s0 | eval.json | last | PGD-50-10, eps 8/255, step 0.25 eps | 100 | 50.00 | 0.00 |" in text
     for name in ("overview", "rs-s0", "rs-s1", "zg-s0"):
@@ -178,7 +188,7 @@ def test_the_onset_of_a_persistent_collapse_is_after_an_early_dip(tmp_path):
     assert co_epoch(read_run(run)) == 2 and persistent_co_epoch(read_run(run)) == 5
     row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[5].strip() == "1/1 (5)"
+    assert comparison(row)["CO at end"] == "1/1 (5)"
 
 
 def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):
@@ -190,7 +200,7 @@ def test_autoattack_column_averages_the_same_checkpoint_and_images(tmp_path):
             "attack": {"name": "autoattack", "version": "standard"}}))
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[10].strip() == "25.00 ± 7.07 (2/3)"
+    assert comparison(row)["AutoAttack %"] == "25.00 ± 7.07 (2/3)"
 
 
 def test_the_diagnostics_jump_at_the_onset_is_tabled(tmp_path):
@@ -252,7 +262,7 @@ def test_autoattack_column_finds_the_results_files_zerograd_eval_writes(tmp_path
             "attack": {"name": "autoattack", "version": "standard"}}))
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[10].strip() == "20.00 (1/2)"
+    assert comparison(row)["AutoAttack %"] == "20.00 (1/2)"
 
 
 def test_null_and_inf_values_in_metrics_are_skipped_not_a_crash(tmp_path):
@@ -266,7 +276,7 @@ def test_null_and_inf_values_in_metrics_are_skipped_not_a_crash(tmp_path):
     assert co_epoch(read_run(run)) == 3 and persistent_co_epoch(read_run(run)) == 3
     row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[3].strip() == "1/1" and row.split("|")[11].strip() == "2.0"
+    assert comparison(row)["CO (runs)"] == "1/1" and comparison(row)["s/epoch"] == "2.0"
 
 
 def test_autoattack_column_ignores_an_evaluation_at_another_eps(tmp_path):
@@ -280,7 +290,7 @@ def test_autoattack_column_ignores_an_evaluation_at_another_eps(tmp_path):
             "attack": {"name": "autoattack", "version": "standard", "eps": eps}}))
     row = next(line for line in build_report([run], tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[10].strip() == "20.00"
+    assert comparison(row)["AutoAttack %"] == "20.00"
 
 
 def test_a_failed_write_keeps_the_previous_report_whole(tmp_path, monkeypatch):
@@ -325,8 +335,9 @@ def test_a_mean_over_fewer_runs_than_the_setting_has_says_so(tmp_path):
     (runs[2] / "eval.json").unlink()
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    cells = [c.strip() for c in row.split("|")]
-    assert cells[2] == "3" and cells[7] == "50.00 ± 0.00 (2/3)" and cells[8] == "15.00 ± 7.07 (2/3)"
+    cells = comparison(row)
+    assert cells["seeds"] == "3" and cells["runs"] == "s0, s1, s2"
+    assert cells["clean %"] == "50.00 ± 0.00 (2/3)" and cells["robust %"] == "15.00 ± 7.07 (2/3)"
 
 
 def test_a_run_given_twice_is_refused_not_counted_as_two_seeds(tmp_path, monkeypatch):
@@ -366,7 +377,7 @@ def test_how_data_is_read_and_checkpoints_are_written_do_not_split_seeds(tmp_pat
         (run / "config.yaml").write_text(yaml.safe_dump({**cfg, **change}))
     table = build_report(runs, tmp_path / "rep", gradient_images=0).read_text().split("## Comparison")[1]
     rows = [line for line in table.splitlines() if line.startswith("| fgsm_rs")]
-    assert len(rows) == 2 and any(r.split("|")[2].strip() == "2" and "15.00 ± 7.07" in r for r in rows)
+    assert len(rows) == 2 and any(comparison(r)["seeds"] == "2" and "15.00 ± 7.07" in r for r in rows)
 
 
 def test_a_seed_scored_at_its_best_checkpoint_shows_in_the_attack_column(tmp_path):
@@ -377,7 +388,7 @@ def test_a_seed_scored_at_its_best_checkpoint_shows_in_the_attack_column(tmp_pat
     (runs[1] / "eval.json").write_text(json.dumps({**ev, "checkpoint": "best", "stopped": "guard"}))
     row = next(line for line in build_report(runs, tmp_path / "rep", gradient_images=0).read_text().splitlines()
                if line.startswith("| fgsm_rs alpha=2 |"))
-    assert row.split("|")[9].strip() == "PGD-50-10, n=100; PGD-50-10, n=100, best checkpoint"
+    assert comparison(row)["attack"] == "PGD-50-10, n=100; PGD-50-10, n=100, best checkpoint"
 
 
 def test_a_kept_copy_beside_its_original_is_refused_not_counted_as_a_second_seed(tmp_path):
@@ -507,3 +518,11 @@ def test_the_overview_compares_runs_at_each_eps_apart_smallest_first(tmp_path):
     groups = runs_by_eps([read_run(f) for f in folders])
     assert list(groups) == ["8/255", "16/255"]
     assert [r.name for r in groups["16/255"]] == ["a", "c"] and [r.name for r in groups["8/255"]] == ["b"]
+
+
+def test_a_setting_names_its_run_folders_seeds_of_one_name_compactly():
+    from zerograd.report import run_names
+    assert run_names(["fgsm_rs-a2-s0", "fgsm_rs-a2-s1", "fgsm_rs-a2-s2"]) == "fgsm_rs-a2-s{0,1,2}"
+    assert run_names(["zerograd-s0"]) == "zerograd-s0"
+    assert run_names(["a-s0", "b-s1"]) == "a-s0, b-s1"  # two names: both shown
+    assert run_names(["rs-s0", "rs"]) == "rs-s0, rs"

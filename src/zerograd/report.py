@@ -11,6 +11,7 @@ written here; the figures are drawn by plots.py, and runs are read by analysis.p
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -80,9 +81,9 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
     for r in runs:
         groups.setdefault(setting_key(r.config), []).append(r)
     labels = distinct_labels([r.config for r in runs])
-    lines = [("| setting | seeds | CO (runs) | CO epochs | CO at end | rollbacks | clean % | robust % | attack "
+    lines = [("| setting | runs | seeds | CO (runs) | CO epochs | CO at end | rollbacks | clean % | robust % | attack "
               "| AutoAttack % | s/epoch |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for members in groups.values():
         evals = [final_eval(r) for r in members]
         attacks = {_attack_name(e) for e in evals if e}
@@ -91,7 +92,7 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
         rollbacks = sum(1 for r in members for e in r.events if e.get("event") == "rollback")
         seconds = f"{statistics.mean(times):.1f}" if times else "-"
         lines.append(
-            f"| {labels[setting_key(members[0].config)]} | {len(members)} | "
+            f"| {labels[setting_key(members[0].config)]} | {run_names([r.name for r in members])} | {len(members)} | "
             f"{sum(c is not None for c in cos)}/{len(members)} | "
             f"{', '.join(str(c) for c in cos if c is not None) or '-'} | "
             f"{_at_end_cell([persistent_co_epoch(r) for r in members])} | {rollbacks} | "
@@ -99,6 +100,15 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {'; '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
     return lines
+
+
+def run_names(names: list[str]) -> str:
+    """The run folders of a setting, short: 'fgsm_rs-a2-s{0,1,2}' for seeds of one name (as
+    `zerograd reproduce` names them), else the names joined."""
+    parts = [re.fullmatch(r"(.+)-s(\d+)", n) for n in names]
+    if len(names) > 1 and all(parts) and len({m[1] for m in parts}) == 1:
+        return f"{parts[0][1]}-s{{{','.join(m[2] for m in parts)}}}"
+    return ", ".join(names)
 
 
 def _of_runs(values: list[float], runs: int) -> str:
