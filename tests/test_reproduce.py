@@ -67,7 +67,7 @@ def test_keep_small_files_copies_what_report_reads_and_no_checkpoint(tmp_path):
         assert (dest / f.relative_to(src)).read_bytes() == f.read_bytes()
     assert not kept.checkpoints.exists() and not (kept.evals / "stale.json").exists()
     text = build_report([dest], tmp_path / "rep").read_text()
-    assert "| fgsm_rs alpha=2 | 1 | 1/1 | 3 |" in text and "evals/aa.json" in text
+    assert "| fgsm_rs alpha=2 | rs-s0 | 1 | 1/1 | 3 |" in text and "evals/aa.json" in text
 
 
 def test_keep_refuses_an_unfinished_run_and_itself(tmp_path):
