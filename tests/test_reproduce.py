@@ -92,7 +92,7 @@ def test_reproduce_keeps_each_finished_run(tmp_path):
     stamp = (out / "zg-s3" / "eval.json").stat().st_mtime_ns
     reproduce(str(exp), out, only=["zg"], keep=keep, quiet=True)
     assert kept.finished and (out / "zg-s3" / "eval.json").stat().st_mtime_ns == stamp
-    assert "| zerograd q=0.25 | 1 |" in build_report([kept.path], tmp_path / "rep").read_text()
+    assert "| zerograd q=0.25 | zg-s3 | 1 |" in build_report([kept.path], tmp_path / "rep").read_text()
 
 
 def test_reproduce_resumes_an_interrupted_run_of_the_same_config(tmp_path):
