@@ -261,6 +261,15 @@ def _stale_out(tmp: Path, run: Path, p: dict) -> Path:
     return tmp / "staleout"
 
 
+def _bad_prediction(tmp: Path, run: Path, p: dict) -> Path:
+    """An experiment of runs a and b whose prediction names a row it does not have."""
+    import yaml
+
+    spec = {"runs": {"a": {}, "b": {}}, "predictions": [{"claim": "x", "row": "nope", "expect": "overfits"}]}
+    (tmp / "badprediction.yaml").write_text(yaml.safe_dump(spec))
+    return tmp / "badprediction.yaml"
+
+
 def _stale_experiment(tmp: Path, run: Path, p: dict) -> Path:
     """An experiment of one run, r, with the finished run's config but epochs=2."""
     import yaml
@@ -367,7 +376,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NET32": _net_spec("for_32px"), "W32": _net_weights(1024, 10, "w32.safetensors"),
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
-    "STALEOUT": _stale_out, "STALEEXP": _stale_experiment,
+    "STALEOUT": _stale_out, "STALEEXP": _stale_experiment, "BADPREDICTION": _bad_prediction,
     "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
     "KEPTCOPY": lambda tmp, run, p: _copy(p["RUN"], tmp / "kept"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",

@@ -527,3 +527,61 @@ def test_a_setting_names_its_run_folders_seeds_of_one_name_compactly():
     assert run_names(["zerograd-s0"]) == "zerograd-s0"
     assert run_names(["a-s0", "b-s1"]) == "a-s0, b-s1"  # two names: both shown
     assert run_names(["rs-s0", "rs"]) == "rs-s0, rs"
+
+
+@pytest.mark.parametrize("expect, onsets, seeds, judged", [
+    ("overfits", [14, 11], 3, "held"),  # 2 of 3 already: the third cannot change it
+    ("overfits", [14], 3, "pending"),
+    ("overfits", [None, None], 3, "did not hold"),  # at most 1 of 3 can overfit now
+    ("overfits", [14, None, None], 3, "did not hold"),
+    ("overfits", [None, 5], 3, "pending"),
+    ("overfits", [7], 1, "held"),
+    ("does_not_overfit", [17], 3, "did not hold"),  # one seed that overfits decides it
+    ("does_not_overfit", [None, None], 3, "pending"),
+    ("does_not_overfit", [None, None, None], 3, "held"),
+    ("does_not_overfit", [None], 1, "held"),
+])
+def test_a_prediction_is_decided_as_soon_as_the_seeds_to_come_cannot_change_it(expect, onsets, seeds, judged):
+    from zerograd.analysis import Prediction, verdict
+    assert verdict(Prediction("claim", "row", expect, seeds), onsets) == judged
+
+
+def test_the_report_judges_an_experiment_s_predictions_from_its_finished_runs(tmp_path):
+    from zerograd.analysis import Prediction
+    collapse, healthy = ([0.2, 0.3, 0.02], [0.3, 0.4, 0.9]), ([0.2, 0.3, 0.32], [0.3, 0.4, 0.42])
+    runs = [make_run(tmp_path / "rs-s0", seed=0, pgd=collapse[0], fgsm=collapse[1], robust=0.0),
+            make_run(tmp_path / "rs-s1", seed=1, pgd=collapse[0], fgsm=collapse[1], robust=0.0),
+            make_run(tmp_path / "zg-s0", seed=0, pgd=healthy[0], fgsm=healthy[1], robust=0.3, method="zerograd"),
+            make_run(tmp_path / "zg-s1", seed=1, pgd=collapse[0], fgsm=collapse[1], robust=0.0, method="zerograd")]
+    (runs[3] / "eval.json").unlink()  # still training: not counted
+    found = [Prediction("rs overfits", "rs", "overfits", 3), Prediction("zg holds", "zg", "does_not_overfit", 3),
+             Prediction("r overfits", "r", "overfits", 3)]  # 'r' is not 'rs': no runs
+    text = build_report(runs, tmp_path / "rep", gradient_images=0, predictions=found).read_text()
+    assert "| rs overfits | `rs` | 2 of 3 | 2/2 (3, 3) | held |" in text
+    assert "| zg holds | `zg` | 1 of 3 | 0/1 | pending |" in text
+    assert "| r overfits | `r` | 0 of 3 | 0/0 | pending |" in text
+    assert "## Predictions" not in build_report(runs, tmp_path / "rep2", gradient_images=0).read_text()
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"claim": "x", "row": "nope", "expect": "overfits"}, "names row 'nope', not a run of it"),
+    ({"claim": "x", "row": "zg", "expect": "collapses"}, "expects 'collapses'; valid: overfits, does_not_overfit"),
+    ({"claim": "x", "row": "zg"}, "must be a mapping of exactly claim (text), row and expect"),
+])
+def test_a_bad_prediction_in_an_experiment_is_one_line_before_any_run(tmp_path, capsys, entry, message):
+    exp = write_experiment(tmp_path)
+    spec = yaml.safe_load(exp.read_text())
+    exp.write_text(yaml.safe_dump({**spec, "predictions": [entry]}))
+    with pytest.raises(ConfigError, match="prediction 1 "):
+        plan(str(exp))
+    assert main(["reproduce", str(exp), "--out", str(tmp_path / "out")]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert main(["report", str(tmp_path), "--experiment", str(exp)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_shipped_experiments_predictions_name_their_rows():
+    from zerograd.reproduce import experiment_names, predictions
+    found = {name: predictions(name) for name in experiment_names()}
+    assert [p.row for p in found["resnet-co"]][:3] == ["fgsm_rs-a2", "zerograd", "multigrad"]
+    assert all(p.seeds == 3 for p in found["resnet-co"])

@@ -192,6 +192,35 @@ def fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+EXPECTATIONS = ("overfits", "does_not_overfit")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A claim an experiment writes down before its runs: row `row` (runs ROW-s<seed>, `seeds`
+    of them planned) overfits, or does not, by the persistent-collapse rule."""
+
+    claim: str
+    row: str
+    expect: str  # one of EXPECTATIONS
+    seeds: int
+
+
+def verdict(prediction: Prediction, onsets: list[int | None]) -> str:
+    """'held', 'did not hold' or 'pending', from the finished seeds' persistent-CO onsets, as
+    soon as the seeds still to come cannot change it: "overfits" needs CO in a majority of the
+    planned seeds (2 of 3), "does not overfit" in none."""
+    overfit, left = sum(o is not None for o in onsets), max(prediction.seeds - len(onsets), 0)
+    if prediction.expect == "overfits":
+        need = prediction.seeds // 2 + 1
+        if overfit >= need:
+            return "held"
+        return "did not hold" if overfit + left < need else "pending"
+    if overfit:
+        return "did not hold"
+    return "held" if left == 0 else "pending"
+
+
 def co_summary(run: RunRecord) -> str:
     """The run's CO in words: its first flag, and whether the collapse persists (the onset)."""
     co, onset = co_epoch(run), persistent_co_epoch(run)

@@ -21,7 +21,7 @@ from .export import export_model
 from .measure import measure_path
 from .methods import METHODS
 from .report import build_report
-from .reproduce import reproduce
+from .reproduce import predictions, reproduce
 from .results import attack_title
 from .runfolder import resume_config
 from .sanity import format_checks
@@ -207,7 +207,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _report(args) -> int:
     path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir,
-                        epochs=args.epochs)
+                        epochs=args.epochs, predictions=predictions(args.experiment) if args.experiment else None)
     print(f"report: {path}", file=sys.stderr)
     return 0
 
@@ -352,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test images in the input-gradient figure (paper Fig. 3) per run; 0: none")
     p.add_argument("--epochs", type=int64, nargs="+", metavar="E",
                    help="epochs of the table of validation accuracies (default: 9 spread over the longest run)")
+    p.add_argument("--experiment", metavar="NAME",
+                   help="judge this experiment's predictions (its runs are named ROW-sSEED) on the given runs")
     p.add_argument("--data-dir", help=DATA_DIR_HELP)
     p.set_defaults(func=_report)
 

@@ -16,6 +16,7 @@ import statistics
 from pathlib import Path
 
 from .analysis import (
+    Prediction,
     RunRecord,
     co_epoch,
     co_summary,
@@ -27,6 +28,7 @@ from .analysis import (
     persistent_co_epoch,
     read_run,
     setting_key,
+    verdict,
 )
 from .errors import ConfigError
 from .files import atomic_write
@@ -99,6 +101,19 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
             f"{_of_runs([e['clean_acc'] for e in evals if e], len(members))} | "
             f"{_of_runs([e['robust_acc'] for e in evals if e], len(members))} | {'; '.join(sorted(attacks)) or '-'} | "
             f"{_autoattack_cell(members)} | {seconds} |")
+    return lines
+
+
+def prediction_rows(runs: list[RunRecord], predictions: list[Prediction]) -> list[str]:
+    """Markdown rows: per prediction, its row's finished seeds (those with eval.json), the runs
+    whose collapse persists, and the verdict by the rule (pending while the seeds to come
+    could still change it)."""
+    lines = ["| prediction | row | seeds finished | CO at end (onset epoch) | verdict |", "|---|---|---|---|---|"]
+    for p in predictions:
+        members = [r for r in runs if re.fullmatch(rf"{re.escape(p.row)}-s\d+", r.name) and final_eval(r)]
+        onsets = [persistent_co_epoch(r) for r in members]
+        lines.append(f"| {p.claim} | `{p.row}` | {len(members)} of {p.seeds} | {_at_end_cell(onsets)} | "
+                     f"{verdict(p, onsets)} |")
     return lines
 
 
@@ -281,7 +296,8 @@ def _pct(v) -> str:
 
 
 def build_report(paths: list[str | Path], out: str | Path | None = None, *,
-                 gradient_images: int = 4, data_dir=None, epochs: list[int] | None = None) -> Path:
+                 gradient_images: int = 4, data_dir=None, epochs: list[int] | None = None,
+                 predictions: list[Prediction] | None = None) -> Path:
     """Write `out`/report.md and `out`/plots/*.png for the given run folders; returns the
     report's path. Every folder is read before anything is written."""
     if not paths:
@@ -333,6 +349,13 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
         lines += ["", f"![validation PGD accuracy of every run]({PLOTS}/overview.png)"]
+    if predictions:
+        lines += ["", "## Predictions", "",
+                  ("The experiment's predictions on whether a row overfits, judged from the runs given here: "
+                   "\"overfits\" needs a collapse that persists (CO at end) in a majority of the planned seeds, "
+                   "\"does not overfit\" in none; pending while the seeds still to come could change it. "
+                   "Only runs with an `eval.json` count."), ""]
+        lines += prediction_rows(runs, predictions)
     columns = curve_epochs(runs, epochs)
     if columns:
         lines += ["", "## Validation accuracy by epoch", "",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from .analysis import EXPECTATIONS, Prediction
 from .config import Config, apply, validate
 from .errors import ConfigError
 from .files import read_yaml
@@ -43,7 +44,35 @@ def read_experiment(name: str) -> dict:
     spec = read_yaml(path, f"experiment {str(path)!r}") or {}
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict) or not spec["runs"]:
         raise ConfigError(f"experiment {str(path)!r} needs a non-empty 'runs' mapping")
+    _predictions(spec, str(path))  # a bad prediction is refused before any run
     return spec
+
+
+def predictions(name: str) -> list[Prediction]:
+    """The experiment's written-down predictions (its `predictions` list), for the report."""
+    spec = read_experiment(name)
+    return _predictions(spec, name)
+
+
+def _predictions(spec: dict, where: str) -> list[Prediction]:
+    entries = spec.get("predictions") or []
+    if not isinstance(entries, list):
+        raise ConfigError(f"experiment {where!r}: 'predictions' must be a list of {{claim, row, expect}}")
+    out = []
+    for i, e in enumerate(entries):
+        if not isinstance(e, dict) or set(e) != {"claim", "row", "expect"} or not isinstance(e["claim"], str):
+            raise ConfigError(f"experiment {where!r}: prediction {i + 1} must be a mapping of exactly "
+                              f"claim (text), row and expect, got {e!r}")
+        if e["row"] not in spec["runs"]:
+            raise ConfigError(f"experiment {where!r}: prediction {i + 1} names row {e['row']!r}, not a run of "
+                              f"it{did_you_mean(str(e['row']), spec['runs'])}; valid: {', '.join(spec['runs'])}")
+        if e["expect"] not in EXPECTATIONS:
+            raise ConfigError(f"experiment {where!r}: prediction {i + 1} expects {e['expect']!r}; valid: "
+                              f"{', '.join(EXPECTATIONS)}")
+        keys = spec["runs"][e["row"]] or {}
+        seeds = keys.get("seeds", spec.get("seeds", [0])) if isinstance(keys, dict) else [0]
+        out.append(Prediction(e["claim"], e["row"], e["expect"], len(seeds) if isinstance(seeds, list) else 1))
+    return out
 
 
 def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = None,
@@ -140,4 +169,4 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             train(cfg, run.path, quiet=True, force=not resume, resume=resume, model=own)
         if keep is not None and run.finished:  # a run the guard stopped has no results to keep
             run.keep_small_files(keep / folder)
-    return build_report([out / f for f, _ in runs], out)
+    return build_report([out / f for f, _ in runs], out, predictions=predictions(name))
