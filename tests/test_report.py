@@ -557,14 +557,16 @@ def test_the_report_judges_an_experiment_s_predictions_from_its_finished_runs(tm
     found = [Prediction("rs overfits", "rs", "overfits", 3), Prediction("zg holds", "zg", "does_not_overfit", 3),
              Prediction("r overfits", "r", "overfits", 3)]  # 'r' is not 'rs': no runs
     text = build_report(runs, tmp_path / "rep", gradient_images=0, predictions=found).read_text()
-    assert "| rs overfits | `rs` | 2 of 3 | 2/2 (3, 3) | held |" in text
-    assert "| zg holds | `zg` | 1 of 3 | 0/1 | pending |" in text
-    assert "| r overfits | `r` | 0 of 3 | 0/0 | pending |" in text
+    assert "| rs overfits | `rs` | 2 of 3 | CO at end 2/2 (3, 3) | held |" in text
+    assert "| zg holds | `zg` | 1 of 3 | CO at end 0/1 | pending |" in text
+    assert "| r overfits | `r` | 0 of 3 | CO at end 0/0 | pending |" in text
     assert "## Predictions" not in build_report(runs, tmp_path / "rep2", gradient_images=0).read_text()
 
 
 @pytest.mark.parametrize("entry, message", [
     ({"claim": "x", "row": "nope", "expect": "overfits"}, "names row 'nope', not a run of it"),
+    ({"claim": "x", "row": "zg", "expect": "reaches", "bar": "nope"}, "names bar 'nope', not a run of it"),
+    ({"claim": "x", "row": "zg", "expect": "reaches"}, "and bar, the row to reach, with expect: reaches"),
     ({"claim": "x", "row": "zg", "expect": "collapses"}, "expects 'collapses'; valid: overfits, does_not_overfit"),
     ({"claim": "x", "row": "zg"}, "must be a mapping of exactly claim (text), row and expect"),
 ])
@@ -585,3 +587,28 @@ def test_the_shipped_experiments_predictions_name_their_rows():
     found = {name: predictions(name) for name in experiment_names()}
     assert [p.row for p in found["resnet-co"]][:3] == ["fgsm_rs-a2", "zerograd", "multigrad"]
     assert all(p.seeds == 3 for p in found["resnet-co"])
+    assert {(p.row, p.bar, p.bar_seeds) for p in found["resnet-co"] if p.expect == "reaches"} == {
+        ("zerograd", "fgsm_rs-a1.25", 3), ("multigrad", "fgsm_rs-a1.25", 3)}
+
+
+@pytest.mark.parametrize("robust, bar, judged", [
+    ([0.30, 0.32, 0.34], [0.20, 0.25, 0.30], "held"),
+    ([0.21, 0.25, 0.29], [0.25, 0.26, 0.27], "held"),  # 0.25 >= 0.26 - 0.04: inside the spread
+    ([0.10, 0.11, 0.12], [0.25, 0.26, 0.27], "did not hold"),
+    ([0.30, 0.32], [0.0, 0.0, 0.0], "pending"),  # a seed of the row still to come
+    ([0.30, 0.32, 0.34], [0.0], "pending"),  # seeds of the bar still to come
+])
+def test_a_row_reaches_a_bar_when_its_mean_is_within_the_spread_once_all_seeds_are_in(robust, bar, judged):
+    from zerograd.analysis import Prediction, reaches
+    assert reaches(Prediction("c", "mg", "reaches", 3, "rs", 3), robust, bar) == judged
+
+
+def test_the_report_judges_a_bar_from_the_final_robust_accuracies(tmp_path):
+    from zerograd.analysis import Prediction
+    healthy = ([0.2, 0.3, 0.32], [0.3, 0.4, 0.42])
+    runs = [make_run(tmp_path / "mg-s0", seed=0, pgd=healthy[0], fgsm=healthy[1], robust=0.37, method="multigrad",
+                     args={"n": 3}),
+            make_run(tmp_path / "rs-s0", seed=0, pgd=healthy[0], fgsm=healthy[1], robust=0.0)]
+    text = build_report(runs, tmp_path / "rep", gradient_images=0,
+                        predictions=[Prediction("mg reaches rs", "mg", "reaches", 1, "rs", 1)]).read_text()
+    assert "| mg reaches rs | `mg` | 1 of 1 | robust 37.00 % against `rs`'s 0.00 % (1 of 1 seeds) | held |" in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,18 +193,21 @@ def fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-EXPECTATIONS = ("overfits", "does_not_overfit")
+EXPECTATIONS = ("overfits", "does_not_overfit", "reaches")
 
 
 @dataclass(frozen=True)
 class Prediction:
-    """A claim an experiment writes down before its runs: row `row` (runs ROW-s<seed>, `seeds`
-    of them planned) overfits, or does not, by the persistent-collapse rule."""
+    """A claim an experiment writes down before its runs, on row `row` (runs ROW-s<seed>,
+    `seeds` of them planned): it overfits, or does not, by the persistent-collapse rule; or it
+    `reaches` the final robust accuracy of row `bar` (`bar_seeds` planned)."""
 
     claim: str
     row: str
     expect: str  # one of EXPECTATIONS
     seeds: int
+    bar: str | None = None
+    bar_seeds: int = 0
 
 
 def verdict(prediction: Prediction, onsets: list[int | None]) -> str:
@@ -219,6 +223,21 @@ def verdict(prediction: Prediction, onsets: list[int | None]) -> str:
     if overfit:
         return "did not hold"
     return "held" if left == 0 else "pending"
+
+
+def reaches(prediction: Prediction, robust: list[float], bar_robust: list[float]) -> str:
+    """'held' or 'did not hold' once every planned seed of the row and of its bar has a final
+    robust accuracy, else 'pending': the row reaches the bar if its mean is at least the bar's
+    mean minus the larger of the two standard deviations (a difference inside the spread of the
+    seeds is not a difference)."""
+    if len(robust) < prediction.seeds or len(bar_robust) < prediction.bar_seeds or not robust or not bar_robust:
+        return "pending"
+    spread = max(_std(robust), _std(bar_robust))
+    return "held" if statistics.mean(robust) >= statistics.mean(bar_robust) - spread else "did not hold"
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def co_summary(run: RunRecord) -> str:

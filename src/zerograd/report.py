@@ -26,6 +26,7 @@ from .analysis import (
     finite_number,
     fmt,
     persistent_co_epoch,
+    reaches,
     read_run,
     setting_key,
     verdict,
@@ -105,15 +106,28 @@ def comparison_table(runs: list[RunRecord]) -> list[str]:
 
 
 def prediction_rows(runs: list[RunRecord], predictions: list[Prediction]) -> list[str]:
-    """Markdown rows: per prediction, its row's finished seeds (those with eval.json), the runs
-    whose collapse persists, and the verdict by the rule (pending while the seeds to come
-    could still change it)."""
-    lines = ["| prediction | row | seeds finished | CO at end (onset epoch) | verdict |", "|---|---|---|---|---|"]
+    """Markdown rows: per prediction, its row's finished seeds (those with eval.json), the
+    evidence (the runs whose collapse persists, or the final robust accuracies against the
+    bar's) and the verdict by the rule (pending while the seeds to come could still change it)."""
+    def finished(row: str) -> list[RunRecord]:
+        return [r for r in runs if re.fullmatch(rf"{re.escape(row)}-s\d+", r.name) and final_eval(r)]
+
+    def robust(members: list[RunRecord]) -> list[float]:
+        return [v for r in members if (v := finite_number(final_eval(r).get("robust_acc"))) is not None]
+
+    lines = ["| prediction | row | seeds finished | evidence | verdict |", "|---|---|---|---|---|"]
     for p in predictions:
-        members = [r for r in runs if re.fullmatch(rf"{re.escape(p.row)}-s\d+", r.name) and final_eval(r)]
-        onsets = [persistent_co_epoch(r) for r in members]
-        lines.append(f"| {p.claim} | `{p.row}` | {len(members)} of {p.seeds} | {_at_end_cell(onsets)} | "
-                     f"{verdict(p, onsets)} |")
+        members = finished(p.row)
+        if p.expect == "reaches":
+            bar = finished(p.bar)
+            values, bar_values = robust(members), robust(bar)
+            evidence = (f"robust {mean_std(values)} % against `{p.bar}`'s {mean_std(bar_values)} % "
+                        f"({len(bar)} of {p.bar_seeds} seeds)")
+            judged = reaches(p, values, bar_values)
+        else:
+            onsets = [persistent_co_epoch(r) for r in members]
+            evidence, judged = f"CO at end {_at_end_cell(onsets)}", verdict(p, onsets)
+        lines.append(f"| {p.claim} | `{p.row}` | {len(members)} of {p.seeds} | {evidence} | {judged} |")
     return lines
 
 
@@ -351,10 +365,11 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
         lines += ["", f"![validation PGD accuracy of every run]({PLOTS}/overview.png)"]
     if predictions:
         lines += ["", "## Predictions", "",
-                  ("The experiment's predictions on whether a row overfits, judged from the runs given here: "
-                   "\"overfits\" needs a collapse that persists (CO at end) in a majority of the planned seeds, "
-                   "\"does not overfit\" in none; pending while the seeds still to come could change it. "
-                   "Only runs with an `eval.json` count."), ""]
+                  ("The experiment's predictions, judged from the runs given here: \"overfits\" needs a "
+                   "collapse that persists (CO at end) in a majority of the planned seeds, \"does not overfit\" "
+                   "in none; a row reaches another's accuracy if its mean final robust accuracy is at least the "
+                   "other's minus the larger standard deviation, judged once both have all their seeds. Pending "
+                   "while the seeds still to come could change it. Only runs with an `eval.json` count."), ""]
         lines += prediction_rows(runs, predictions)
     columns = curve_epochs(runs, epochs)
     if columns:

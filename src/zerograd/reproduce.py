@@ -58,21 +58,31 @@ def _predictions(spec: dict, where: str) -> list[Prediction]:
     entries = spec.get("predictions") or []
     if not isinstance(entries, list):
         raise ConfigError(f"experiment {where!r}: 'predictions' must be a list of {{claim, row, expect}}")
+    runs = spec["runs"]
     out = []
-    for i, e in enumerate(entries):
-        if not isinstance(e, dict) or set(e) != {"claim", "row", "expect"} or not isinstance(e["claim"], str):
-            raise ConfigError(f"experiment {where!r}: prediction {i + 1} must be a mapping of exactly "
-                              f"claim (text), row and expect, got {e!r}")
-        if e["row"] not in spec["runs"]:
-            raise ConfigError(f"experiment {where!r}: prediction {i + 1} names row {e['row']!r}, not a run of "
-                              f"it{did_you_mean(str(e['row']), spec['runs'])}; valid: {', '.join(spec['runs'])}")
+    for i, e in enumerate(entries, 1):
+        keys = {"claim", "row", "expect", "bar"} if isinstance(e, dict) and e.get("expect") == "reaches" \
+            else {"claim", "row", "expect"}
+        if not isinstance(e, dict) or set(e) != keys or not isinstance(e["claim"], str):
+            raise ConfigError(f"experiment {where!r}: prediction {i} must be a mapping of exactly claim (text), "
+                              f"row and expect (and bar, the row to reach, with expect: reaches), got {e!r}")
         if e["expect"] not in EXPECTATIONS:
-            raise ConfigError(f"experiment {where!r}: prediction {i + 1} expects {e['expect']!r}; valid: "
+            raise ConfigError(f"experiment {where!r}: prediction {i} expects {e['expect']!r}; valid: "
                               f"{', '.join(EXPECTATIONS)}")
-        keys = spec["runs"][e["row"]] or {}
-        seeds = keys.get("seeds", spec.get("seeds", [0])) if isinstance(keys, dict) else [0]
-        out.append(Prediction(e["claim"], e["row"], e["expect"], len(seeds) if isinstance(seeds, list) else 1))
+        for role in ("row", "bar") if "bar" in e else ("row",):
+            if e[role] not in runs:
+                raise ConfigError(f"experiment {where!r}: prediction {i} names {role} {e[role]!r}, not a run "
+                                  f"of it{did_you_mean(str(e[role]), runs)}; valid: {', '.join(runs)}")
+        out.append(Prediction(e["claim"], e["row"], e["expect"], _seed_count(spec, e["row"]),
+                              e.get("bar"), _seed_count(spec, e["bar"]) if "bar" in e else 0))
     return out
+
+
+def _seed_count(spec: dict, row: str) -> int:
+    """How many seeds the experiment plans for a row (its own `seeds`, else the experiment's)."""
+    keys = spec["runs"][row] if isinstance(spec["runs"][row], dict) else {}
+    seeds = keys.get("seeds", spec.get("seeds", [0]))
+    return len(seeds) if isinstance(seeds, list) else 1
 
 
 def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = None,
