@@ -1,7 +1,9 @@
 """`zerograd reproduce NAME`: train every run of a named experiment, then `zerograd report`.
 
 An experiment is a YAML file in `experiments/` (or a path): `base` config keys shared by all
-runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`).
+runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`); and
+optionally `predictions`, claims written down before the runs ({claim, row, expect: overfits |
+does_not_overfit | reaches, bar: ROW for reaches}), which the report judges.
 Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept (a
 finished run of another config there, e.g. after the experiment file changed, is refused
 before any work rather than reported as this one), and an interrupted run of the same config
