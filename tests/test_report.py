@@ -567,6 +567,7 @@ def test_the_report_judges_an_experiment_s_predictions_from_its_finished_runs(tm
     ({"claim": "x", "row": "nope", "expect": "overfits"}, "names row 'nope', not a run of it"),
     ({"claim": "x", "row": "zg", "expect": "reaches", "bar": "nope"}, "names bar 'nope', not a run of it"),
     ({"claim": "x", "row": "zg", "expect": "reaches"}, "and bar, the row to reach, with expect: reaches"),
+    ({"claim": "x", "row": ["zg"], "expect": "overfits"}, "names row ['zg'], not a run of it"),
     ({"claim": "x", "row": "zg", "expect": "collapses"}, "expects 'collapses'; valid: overfits, does_not_overfit"),
     ({"claim": "x", "row": "zg"}, "must be a mapping of exactly claim (text), row and expect"),
 ])

@@ -72,7 +72,7 @@ def _predictions(spec: dict, where: str) -> list[Prediction]:
             raise ConfigError(f"experiment {where!r}: prediction {i} expects {e['expect']!r}; valid: "
                               f"{', '.join(EXPECTATIONS)}")
         for role in ("row", "bar") if "bar" in e else ("row",):
-            if e[role] not in runs:
+            if not isinstance(e[role], str) or e[role] not in runs:
                 raise ConfigError(f"experiment {where!r}: prediction {i} names {role} {e[role]!r}, not a run "
                                   f"of it{did_you_mean(str(e[role]), runs)}; valid: {', '.join(runs)}")
         out.append(Prediction(e["claim"], e["row"], e["expect"], _seed_count(spec, e["row"]),
