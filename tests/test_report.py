@@ -590,6 +590,8 @@ def test_the_shipped_experiments_predictions_name_their_rows():
     assert all(p.seeds == 3 for p in found["resnet-co"])
     assert {(p.row, p.bar, p.bar_seeds) for p in found["resnet-co"] if p.expect == "reaches"} == {
         ("zerograd", "fgsm_rs-a1.25", 3), ("multigrad", "fgsm_rs-a1.25", 3)}
+    assert [(p.row, p.bar) for p in found["resnet-co"] if p.expect == "rescued_by_rollback"] == [
+        ("zerograd-q0.25-rollback", "fgsm_rs-a1.25")]
 
 
 @pytest.mark.parametrize("robust, bar, judged", [
@@ -613,3 +615,25 @@ def test_the_report_judges_a_bar_from_the_final_robust_accuracies(tmp_path):
     text = build_report(runs, tmp_path / "rep", gradient_images=0,
                         predictions=[Prediction("mg reaches rs", "mg", "reaches", 1, "rs", 1)]).read_text()
     assert "| mg reaches rs | `mg` | 1 of 1 | robust 37.00 % against `rs`'s 0.00 % (1 of 1 seeds) | held |" in text
+
+
+@pytest.mark.parametrize("seeds, bar, judged", [
+    ([(False, False, 0.0), (False, False, 0.0)], [0.1] * 3, "could not be tested"),  # 2 of 3 not rolled back
+    ([(False, False, 0.0)], [0.1] * 3, "pending"),
+    ([(True, True, 0.3)], [0.1] * 3, "did not hold"),  # stopped: not rescued
+    ([(True, False, 0.05)], [0.1, 0.1, 0.1], "did not hold"),  # below the bar
+    ([(True, False, 0.3)], [0.1], "pending"),  # the bar is not complete
+    ([(True, False, 0.3), (True, False, 0.2), (False, False, 0.0)], [0.1] * 3, "held"),
+    ([(True, False, 0.3), (True, False, 0.2)], [0.1] * 3, "pending"),  # the third could still fail
+])
+def test_rescue_by_rollback_needs_most_seeds_rolled_back_and_each_rescued(seeds, bar, judged):
+    from zerograd.analysis import Prediction, rescued
+    assert rescued(Prediction("c", "zg", "rescued_by_rollback", 3, "rs", 3), seeds, bar) == judged
+
+
+def test_the_report_counts_the_rollbacks_of_a_rescue_prediction(runs, tmp_path):
+    from zerograd.analysis import Prediction
+    found = [Prediction("zg rescued", "zg", "rescued_by_rollback", 1, "rs", 2)]
+    text = build_report(runs, tmp_path / "rep", gradient_images=0, predictions=found).read_text()
+    assert ("| zg rescued | `zg` | 1 of 1 | rolled back 1/1, their robust 30.00 % against `rs`'s 10.00 ± 14.14 % "
+            "(2 of 2 seeds) | held |") in text

@@ -193,14 +193,16 @@ def fmt(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
-EXPECTATIONS = ("overfits", "does_not_overfit", "reaches")
+EXPECTATIONS = ("overfits", "does_not_overfit", "reaches", "rescued_by_rollback")
 
 
 @dataclass(frozen=True)
 class Prediction:
     """A claim an experiment writes down before its runs, on row `row` (runs ROW-s<seed>,
     `seeds` of them planned): it overfits, or does not, by the persistent-collapse rule; or it
-    `reaches` the final robust accuracy of row `bar` (`bar_seeds` planned)."""
+    `reaches` the final robust accuracy of row `bar` (`bar_seeds` planned); or it is
+    `rescued_by_rollback`: the guard rolls back most seeds and each of those ends, not stopped,
+    at the bar's accuracy."""
 
     claim: str
     row: str
@@ -234,6 +236,30 @@ def reaches(prediction: Prediction, robust: list[float], bar_robust: list[float]
         return "pending"
     spread = max(_std(robust), _std(bar_robust))
     return "held" if statistics.mean(robust) >= statistics.mean(bar_robust) - spread else "did not hold"
+
+
+def rescued(prediction: Prediction, seeds: list[tuple[bool, bool, float | None]],
+            bar_robust: list[float]) -> str:
+    """The verdict of a `rescued_by_rollback` prediction from its finished seeds, each (rolled
+    back at least once, stopped by the guard, final robust accuracy): 'could not be tested' once
+    too few seeds can still be rolled back (fewer than a majority of the planned ones: the
+    starting setting is not bad enough here), 'did not hold' once a rolled-back seed was stopped
+    or ends below the bar (its accuracy under the bar's mean minus its standard deviation, the
+    bar complete), 'held' when every seed is in, a majority was rolled back and each was
+    rescued, else 'pending'."""
+    rolled = [s for s in seeds if s[0]]
+    left, need = max(prediction.seeds - len(seeds), 0), prediction.seeds // 2 + 1
+    if len(rolled) + left < need:
+        return "could not be tested"
+    if any(stopped for _, stopped, _ in rolled):
+        return "did not hold"
+    if rolled and len(bar_robust) >= prediction.bar_seeds and bar_robust:
+        floor = statistics.mean(bar_robust) - _std(bar_robust)
+        if any(v is None or v < floor for _, _, v in rolled):
+            return "did not hold"
+        if left == 0 and len(rolled) >= need:
+            return "held"
+    return "pending"
 
 
 def _std(values: list[float]) -> float:

@@ -28,6 +28,7 @@ from .analysis import (
     persistent_co_epoch,
     reaches,
     read_run,
+    rescued,
     setting_key,
     verdict,
 )
@@ -118,12 +119,20 @@ def prediction_rows(runs: list[RunRecord], predictions: list[Prediction]) -> lis
     lines = ["| prediction | row | seeds finished | evidence | verdict |", "|---|---|---|---|---|"]
     for p in predictions:
         members = finished(p.row)
-        if p.expect == "reaches":
+        if p.expect in ("reaches", "rescued_by_rollback"):
             bar = finished(p.bar)
             values, bar_values = robust(members), robust(bar)
-            evidence = (f"robust {mean_std(values)} % against `{p.bar}`'s {mean_std(bar_values)} % "
-                        f"({len(bar)} of {p.bar_seeds} seeds)")
-            judged = reaches(p, values, bar_values)
+            against = f"against `{p.bar}`'s {mean_std(bar_values)} % ({len(bar)} of {p.bar_seeds} seeds)"
+            if p.expect == "reaches":
+                evidence, judged = f"robust {mean_std(values)} % {against}", reaches(p, values, bar_values)
+            else:
+                seeds = [(any(e.get("event") == "rollback" for e in r.events), bool(final_eval(r).get("stopped")),
+                          finite_number(final_eval(r).get("robust_acc"))) for r in members]
+                rolled = [v for back, _, v in seeds if back]
+                evidence = (f"rolled back {len(rolled)}/{len(seeds)}"
+                            + (f", their robust {mean_std([v for v in rolled if v is not None])} % {against}"
+                               if rolled else ""))
+                judged = rescued(p, seeds, bar_values)
         else:
             onsets = [persistent_co_epoch(r) for r in members]
             evidence, judged = f"CO at end {_at_end_cell(onsets)}", verdict(p, onsets)
@@ -368,7 +377,9 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                   ("The experiment's predictions, judged from the runs given here: \"overfits\" needs a "
                    "collapse that persists (CO at end) in a majority of the planned seeds, \"does not overfit\" "
                    "in none; a row reaches another's accuracy if its mean final robust accuracy is at least the "
-                   "other's minus the larger standard deviation, judged once both have all their seeds. Pending "
+                   "other's minus the larger standard deviation, judged once both have all their seeds; rescued by "
+                   "rolling back: the guard rolled back most seeds, and each of those ended, not stopped, at the "
+                   "bar's accuracy (could not be tested if too few seeds were rolled back). Pending "
                    "while the seeds still to come could change it. Only runs with an `eval.json` count."), ""]
         lines += prediction_rows(runs, predictions)
     columns = curve_epochs(runs, epochs)

@@ -3,7 +3,8 @@
 An experiment is a YAML file in `experiments/` (or a path): `base` config keys shared by all
 runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`); and
 optionally `predictions`, claims written down before the runs ({claim, row, expect: overfits |
-does_not_overfit | reaches, bar: ROW for reaches}), which the report judges.
+does_not_overfit | reaches | rescued_by_rollback, and bar: ROW for the last two}), which the
+report judges.
 Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept (a
 finished run of another config there, e.g. after the experiment file changed, is refused
 before any work rather than reported as this one), and an interrupted run of the same config
@@ -56,6 +57,9 @@ def predictions(name: str) -> list[Prediction]:
     return _predictions(spec, name)
 
 
+BARRED = ("reaches", "rescued_by_rollback")  # the predictions that compare with a bar row
+
+
 def _predictions(spec: dict, where: str) -> list[Prediction]:
     entries = spec.get("predictions") or []
     if not isinstance(entries, list):
@@ -63,11 +67,11 @@ def _predictions(spec: dict, where: str) -> list[Prediction]:
     runs = spec["runs"]
     out = []
     for i, e in enumerate(entries, 1):
-        keys = {"claim", "row", "expect", "bar"} if isinstance(e, dict) and e.get("expect") == "reaches" \
+        keys = {"claim", "row", "expect", "bar"} if isinstance(e, dict) and e.get("expect") in BARRED \
             else {"claim", "row", "expect"}
         if not isinstance(e, dict) or set(e) != keys or not isinstance(e["claim"], str):
             raise ConfigError(f"experiment {where!r}: prediction {i} must be a mapping of exactly claim (text), "
-                              f"row and expect (and bar, the row to reach, with expect: reaches), got {e!r}")
+                              f"row and expect (and bar, the row to reach, with expect: {' or '.join(BARRED)}), got {e!r}")
         if e["expect"] not in EXPECTATIONS:
             raise ConfigError(f"experiment {where!r}: prediction {i} expects {e['expect']!r}; valid: "
                               f"{', '.join(EXPECTATIONS)}")
