@@ -207,9 +207,17 @@ class Prediction:
     claim: str
     row: str
     expect: str  # one of EXPECTATIONS
-    seeds: int
+    runs: tuple[str, ...]  # the row's planned run folders, ROW-s<seed>
     bar: str | None = None
-    bar_seeds: int = 0
+    bar_runs: tuple[str, ...] = ()
+
+    @property
+    def seeds(self) -> int:
+        return len(self.runs)
+
+    @property
+    def bar_seeds(self) -> int:
+        return len(self.bar_runs)
 
 
 def verdict(prediction: Prediction, onsets: list[int | None]) -> str:
@@ -240,24 +248,26 @@ def reaches(prediction: Prediction, robust: list[float], bar_robust: list[float]
 
 def rescued(prediction: Prediction, seeds: list[tuple[bool, bool, float | None]],
             bar_robust: list[float]) -> str:
-    """The verdict of a `rescued_by_rollback` prediction from its finished seeds, each (rolled
-    back at least once, stopped by the guard, final robust accuracy): 'could not be tested' once
-    too few seeds can still be rolled back (fewer than a majority of the planned ones: the
-    starting setting is not bad enough here), 'did not hold' once a rolled-back seed was stopped
-    or ends below the bar (its accuracy under the bar's mean minus its standard deviation, the
-    bar complete), 'held' when every seed is in, a majority was rolled back and each was
-    rescued, else 'pending'."""
+    """The verdict of a `rescued_by_rollback` prediction from its finished seeds, each (the
+    guard detected CO in it, it was stopped, its final robust accuracy): 'could not be tested'
+    once too few seeds can still overfit (fewer than a majority of the planned ones: the
+    starting setting is not bad enough here); once a majority has overfit, 'did not hold' when
+    one of them was stopped or ends below the bar (under the bar's mean minus its standard
+    deviation, the bar complete), 'held' when every seed is in and each that overfit was
+    rescued; else 'pending'."""
     rolled = [s for s in seeds if s[0]]
     left, need = max(prediction.seeds - len(seeds), 0), prediction.seeds // 2 + 1
     if len(rolled) + left < need:
         return "could not be tested"
+    if len(rolled) < need:  # the seeds to come decide whether it can be tested at all
+        return "pending"
     if any(stopped for _, stopped, _ in rolled):
         return "did not hold"
-    if rolled and len(bar_robust) >= prediction.bar_seeds and bar_robust:
+    if len(bar_robust) >= prediction.bar_seeds and bar_robust:
         floor = statistics.mean(bar_robust) - _std(bar_robust)
         if any(v is None or v < floor for _, _, v in rolled):
             return "did not hold"
-        if left == 0 and len(rolled) >= need:
+        if left == 0:
             return "held"
     return "pending"
 

@@ -21,7 +21,7 @@ from .export import export_model
 from .measure import measure_path
 from .methods import METHODS
 from .report import build_report
-from .reproduce import predictions, reproduce
+from .reproduce import check_planned, predictions, reproduce
 from .results import attack_title
 from .runfolder import resume_config
 from .sanity import format_checks
@@ -206,8 +206,12 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _report(args) -> int:
+    judged = None
+    if args.experiment is not None:
+        judged = predictions(args.experiment)
+        check_planned(args.experiment, args.runs)
     path = build_report(args.runs, args.out, gradient_images=args.gradient_images, data_dir=args.data_dir,
-                        epochs=args.epochs, predictions=predictions(args.experiment) if args.experiment else None)
+                        epochs=args.epochs, predictions=judged)
     print(f"report: {path}", file=sys.stderr)
     return 0
 

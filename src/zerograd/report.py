@@ -110,26 +110,26 @@ def prediction_rows(runs: list[RunRecord], predictions: list[Prediction]) -> lis
     """Markdown rows: per prediction, its row's finished seeds (those with eval.json), the
     evidence (the runs whose collapse persists, or the final robust accuracies against the
     bar's) and the verdict by the rule (pending while the seeds to come could still change it)."""
-    def finished(row: str) -> list[RunRecord]:
-        return [r for r in runs if re.fullmatch(rf"{re.escape(row)}-s\d+", r.name) and final_eval(r)]
+    def finished(names: tuple[str, ...]) -> list[RunRecord]:
+        return [r for r in runs if r.name in names and final_eval(r)]
 
     def robust(members: list[RunRecord]) -> list[float]:
         return [v for r in members if (v := finite_number(final_eval(r).get("robust_acc"))) is not None]
 
     lines = ["| prediction | row | seeds finished | evidence | verdict |", "|---|---|---|---|---|"]
     for p in predictions:
-        members = finished(p.row)
+        members = finished(p.runs)
         if p.expect in ("reaches", "rescued_by_rollback"):
-            bar = finished(p.bar)
+            bar = finished(p.bar_runs)
             values, bar_values = robust(members), robust(bar)
             against = f"against `{p.bar}`'s {mean_std(bar_values)} % ({len(bar)} of {p.bar_seeds} seeds)"
             if p.expect == "reaches":
                 evidence, judged = f"robust {mean_std(values)} % {against}", reaches(p, values, bar_values)
             else:
-                seeds = [(any(e.get("event") == "rollback" for e in r.events), bool(final_eval(r).get("stopped")),
+                seeds = [(any(e.get("co/detected") for e in r.events), bool(final_eval(r).get("stopped")),
                           finite_number(final_eval(r).get("robust_acc"))) for r in members]
                 rolled = [v for back, _, v in seeds if back]
-                evidence = (f"rolled back {len(rolled)}/{len(seeds)}"
+                evidence = (f"CO detected {len(rolled)}/{len(seeds)}"
                             + (f", their robust {mean_std([v for v in rolled if v is not None])} % {against}"
                                if rolled else ""))
                 judged = rescued(p, seeds, bar_values)
@@ -303,7 +303,12 @@ def curve_rows(runs: list[RunRecord], names: list[str], epochs: list[int]) -> li
     eps_differ = differ(r.config.get("eps") for r in runs)
     lines = ["| run | " + " | ".join(str(e) for e in epochs) + " |", "|---" * (len(epochs) + 1) + "|"]
     for r, name in zip(runs, names):
-        kept = {e.get("epoch"): e for e in r.epochs}  # later records (after a rollback) win
+        kept: dict = {}
+        for e in r.records:  # a rollback abandons the epochs after the one it goes back to
+            if e.get("event") == "rollback" and isinstance(e.get("to_epoch"), int):
+                kept = {k: v for k, v in kept.items() if isinstance(k, int) and k <= e["to_epoch"]}
+            elif "train/loss" in e:
+                kept[e.get("epoch")] = e
         cells = []
         for epoch in epochs:
             e = kept.get(epoch, {})
@@ -378,8 +383,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                    "collapse that persists (CO at end) in a majority of the planned seeds, \"does not overfit\" "
                    "in none; a row reaches another's accuracy if its mean final robust accuracy is at least the "
                    "other's minus the larger standard deviation, judged once both have all their seeds; rescued by "
-                   "rolling back: the guard rolled back most seeds, and each of those ended, not stopped, at the "
-                   "bar's accuracy (could not be tested if too few seeds were rolled back). Pending "
+                   "rolling back: the guard detected CO in most seeds, and each of those ended, not stopped, at the "
+                   "bar's accuracy (could not be tested if too few seeds overfit). Pending "
                    "while the seeds still to come could change it. Only runs with an `eval.json` count."), ""]
         lines += prediction_rows(runs, predictions)
     columns = curve_epochs(runs, epochs)

@@ -11,7 +11,8 @@ before any work rather than reported as this one), and an interrupted run of the
 is resumed from its last checkpoint, so an interrupted reproduction continues where it stopped. Every config is validated before the
 first run starts. With `keep`, each finished run's small files (config, metrics, results; no
 checkpoints) are copied to KEEP/<name>-s<seed> as it finishes, so a repository can hold them
-and `zerograd report KEEP/*` rebuilds the table without rerunning.
+and `zerograd report KEEP/* --experiment NAME` rebuilds the table and judges the predictions
+without rerunning.
 """
 from __future__ import annotations
 
@@ -61,7 +62,8 @@ BARRED = ("reaches", "rescued_by_rollback")  # the predictions that compare with
 
 
 def _predictions(spec: dict, where: str) -> list[Prediction]:
-    entries = spec.get("predictions") or []
+    entries = spec.get("predictions")
+    entries = [] if entries is None else entries
     if not isinstance(entries, list):
         raise ConfigError(f"experiment {where!r}: 'predictions' must be a list of {{claim, row, expect}}")
     runs = spec["runs"]
@@ -79,16 +81,37 @@ def _predictions(spec: dict, where: str) -> list[Prediction]:
             if not isinstance(e[role], str) or e[role] not in runs:
                 raise ConfigError(f"experiment {where!r}: prediction {i} names {role} {e[role]!r}, not a run "
                                   f"of it{did_you_mean(str(e[role]), runs)}; valid: {', '.join(runs)}")
-        out.append(Prediction(e["claim"], e["row"], e["expect"], _seed_count(spec, e["row"]),
-                              e.get("bar"), _seed_count(spec, e["bar"]) if "bar" in e else 0))
+        planned = {role: _planned_runs(spec, e[role], f"experiment {where!r}: prediction {i}")
+                   for role in ("row", "bar") if role in e}
+        out.append(Prediction(e["claim"], e["row"], e["expect"], planned["row"], e.get("bar"),
+                              planned.get("bar", ())))
     return out
 
 
-def _seed_count(spec: dict, row: str) -> int:
-    """How many seeds the experiment plans for a row (its own `seeds`, else the experiment's)."""
+def _planned_runs(spec: dict, row: str, where: str) -> tuple[str, ...]:
+    """The run folders the experiment plans for a row (its own `seeds`, else the experiment's)."""
     keys = spec["runs"][row] if isinstance(spec["runs"][row], dict) else {}
     seeds = keys.get("seeds", spec.get("seeds", [0]))
-    return len(seeds) if isinstance(seeds, list) else 1
+    seeds = seeds if isinstance(seeds, list) else [seeds]
+    if not seeds:
+        raise ConfigError(f"{where} is about row {row!r}, which plans no seeds: give it seeds")
+    return tuple(f"{row}-s{s}" for s in seeds)
+
+
+def check_planned(name: str, paths: list[str | Path]) -> None:
+    """Refuse, in one line, a run folder named as one of the experiment's runs that holds a
+    run of another config: judging the experiment's predictions on it would be wrong."""
+    planned = dict(plan(name))
+    for path in paths:
+        run = RunFolder(path)
+        cfg = planned.get(run.path.name)
+        if cfg is None or not run.config_file.is_file():
+            continue
+        diff = differences(run.read_config(), cfg)
+        if diff:
+            raise ConfigError(f"{str(run.path)!r} is named as run {run.path.name!r} of {name!r} but holds "
+                              f"another config ({'; '.join(diff)[:300]}): its predictions cannot be judged "
+                              "on it; give the experiment's own runs, or leave out --experiment")
 
 
 def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = None,
@@ -169,7 +192,8 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
     if dry_run:
         for folder, cfg in runs:
             print(command_line(cfg, out / folder))
-        print(f"zerograd report {' '.join(str(out / f) for f, _ in runs)} --out {out}")
+        judge = f" --experiment {name}" if predictions(name) else ""
+        print(f"zerograd report {' '.join(str(out / f) for f, _ in runs)} --out {out}{judge}")
         if keep is not None:
             print(f"# each finished run's small files are copied to {keep}/<run>")
         return None
