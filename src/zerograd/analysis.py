@@ -255,17 +255,17 @@ def rescued(prediction: Prediction, seeds: list[tuple[bool, bool, float | None]]
     one of them was stopped or ends below the bar (under the bar's mean minus its standard
     deviation, the bar complete), 'held' when every seed is in and each that overfit was
     rescued; else 'pending'."""
-    rolled = [s for s in seeds if s[0]]
+    overfit = [s for s in seeds if s[0]]
     left, need = max(prediction.seeds - len(seeds), 0), prediction.seeds // 2 + 1
-    if len(rolled) + left < need:
+    if len(overfit) + left < need:
         return "could not be tested"
-    if len(rolled) < need:  # the seeds to come decide whether it can be tested at all
+    if len(overfit) < need:  # the seeds to come decide whether it can be tested at all
         return "pending"
-    if any(stopped for _, stopped, _ in rolled):
+    if any(stopped for _, stopped, _ in overfit):
         return "did not hold"
     if len(bar_robust) >= prediction.bar_seeds and bar_robust:
         floor = statistics.mean(bar_robust) - _std(bar_robust)
-        if any(v is None or v < floor for _, _, v in rolled):
+        if any(v is None or v < floor for _, _, v in overfit):
             return "did not hold"
         if left == 0:
             return "held"

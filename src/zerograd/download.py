@@ -3,7 +3,6 @@ or a tar extraction that refuses links, devices and paths outside its folder, so
 or tampered download never leaves a half-written or foreign file where data is read."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -13,6 +12,7 @@ import urllib.request
 from pathlib import Path
 
 from .errors import ConfigError
+from .files import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,7 @@ def fetch(url: str, dest: Path) -> None:
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return file_digest(path, "md5")
 
 
 def _verify_md5(path: Path, expected: str) -> None:

@@ -100,8 +100,14 @@ def read_jsonl(path: str | Path) -> tuple[list[dict], list[str]]:
 
 
 def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
+    """Hex SHA-256 of a file's bytes."""
+    return file_digest(path, "sha256")
+
+
+def file_digest(path: str | Path, algorithm: str) -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (md5 only as a checksum, never for
+    security: the datasets' official checksums are md5)."""
+    h = hashlib.new(algorithm, usedforsecurity=algorithm != "md5")
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)

@@ -128,10 +128,10 @@ def prediction_rows(runs: list[RunRecord], predictions: list[Prediction]) -> lis
             else:
                 seeds = [(any(e.get("co/detected") for e in r.events), bool(final_eval(r).get("stopped")),
                           finite_number(final_eval(r).get("robust_acc"))) for r in members]
-                rolled = [v for back, _, v in seeds if back]
-                evidence = (f"CO detected {len(rolled)}/{len(seeds)}"
-                            + (f", their robust {mean_std([v for v in rolled if v is not None])} % {against}"
-                               if rolled else ""))
+                overfit = [v for detected, _, v in seeds if detected]
+                evidence = (f"CO detected {len(overfit)}/{len(seeds)}"
+                            + (f", their robust {mean_std([v for v in overfit if v is not None])} % {against}"
+                               if overfit else ""))
                 judged = rescued(p, seeds, bar_values)
         else:
             onsets = [persistent_co_epoch(r) for r in members]

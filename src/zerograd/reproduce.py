@@ -105,13 +105,18 @@ def check_planned(name: str, paths: list[str | Path]) -> None:
     for path in paths:
         run = RunFolder(path)
         cfg = planned.get(run.path.name)
-        if cfg is None or not run.config_file.is_file():
-            continue
-        diff = differences(run.read_config(), cfg)
+        diff = _other_config(run, cfg) if cfg is not None and run.config_file.is_file() else None
         if diff:
             raise ConfigError(f"{str(run.path)!r} is named as run {run.path.name!r} of {name!r} but holds "
-                              f"another config ({'; '.join(diff)[:300]}): its predictions cannot be judged "
+                              f"another config ({diff}): its predictions cannot be judged "
                               "on it; give the experiment's own runs, or leave out --experiment")
+
+
+def _other_config(run: RunFolder, cfg: Config) -> str | None:
+    """How the run's recorded config differs from cfg ('key: a != b; ...', one line), None if
+    it does not: a run of another config must never be reported as this one."""
+    diff = differences(run.read_config(), cfg)
+    return "; ".join(diff)[:300] if diff else None
 
 
 def plan(name: str, *, seeds: list[int] | None = None, only: list[str] | None = None,
@@ -185,10 +190,10 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
         raise ConfigError(f"--keep {str(keep)!r} is the --out folder: keep the small files elsewhere")
     for folder, cfg in runs:  # before any work: never report a run of another config as this one
         stale = RunFolder(out / folder)
-        diff = differences(stale.read_config(), cfg) if stale.finished else []
+        diff = _other_config(stale, cfg) if stale.finished else None
         if diff:
             raise ConfigError(f"{str(stale.path)!r} holds a finished run of another config "
-                              f"({'; '.join(diff)[:300]}): delete it, or choose another --out")
+                              f"({diff}): delete it, or choose another --out")
     if dry_run:
         for folder, cfg in runs:
             print(command_line(cfg, out / folder))
