@@ -261,6 +261,14 @@ def _stale_out(tmp: Path, run: Path, p: dict) -> Path:
     return tmp / "staleout"
 
 
+def _bad_autoattack(tmp: Path, run: Path, p: dict) -> Path:
+    """An experiment whose autoattack block asks for no run per row."""
+    import yaml
+
+    (tmp / "badautoattack.yaml").write_text(yaml.safe_dump({"runs": {"a": {}}, "autoattack": {"per_row": 0}}))
+    return tmp / "badautoattack.yaml"
+
+
 def _bad_prediction(tmp: Path, run: Path, p: dict) -> Path:
     """An experiment of runs a and b whose prediction names a row it does not have."""
     import yaml
@@ -377,6 +385,7 @@ LAZY = {  # placeholders made only for the rows that use them
     "NET3": _net_spec("three_classes"), "W3": _net_weights(64, 3, "w3.safetensors"),
     "LOCKED": _locked, "CHANGEDDATA": _changed_data, "NOVAL": _no_val,
     "STALEOUT": _stale_out, "STALEEXP": _stale_experiment, "BADPREDICTION": _bad_prediction,
+    "BADAUTOATTACK": _bad_autoattack,
     "CKPTFILE": lambda tmp, run, p: _copy_file(run / "checkpoints" / "epoch-1.pt", tmp / "epoch-1.pt"),
     "KEPTCOPY": lambda tmp, run, p: _copy(p["RUN"], tmp / "kept"),
     **{k: _folder(k) for k in ("NOIMAGES", "ONECLASS", "NOTEST", "UNKNOWNCLASS", "BADIMAGE", "MIXEDSIZES",

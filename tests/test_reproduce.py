@@ -2,13 +2,16 @@
 every run; `zerograd reproduce --keep` copies each finished run's small files (and nothing
 else) into a folder from which `zerograd report` rebuilds the table."""
 import json
+import re
 
 import pytest
+import yaml
 
 from zerograd import ConfigError
 from zerograd.cli import main
 from zerograd.options import GuardOptions
-from zerograd.report import build_report
+from zerograd.analysis import read_run
+from zerograd.report import autoattack_eval, build_report
 from zerograd.reproduce import experiment_names, plan, reproduce
 from zerograd.runfolder import RunFolder, differences
 
@@ -26,9 +29,10 @@ def test_resnet_experiments_plan_and_validate(name, capsys):
         assert cfg.diagnostics.get("fgsm_val", True)  # the CO detector needs FGSM accuracy
     assert main(["reproduce", name, "--dry-run", "--out", "runs/x"]) == 0
     printed = capsys.readouterr().out.splitlines()
-    assert [line for line in printed if line.startswith("zerograd train ")] == \
-        [line for line in printed[:len(runs)]] and len(printed) == len(runs) + 1
-    assert printed[-1].startswith("zerograd report ")
+    assert [line for line in printed if line.startswith("zerograd train ")] == printed[:len(runs)]
+    autoattack = ["# after each run that does not overfit (the first 1 of its row): zerograd eval "
+                  "runs/x/<run> --attack autoattack --version standard --n 1000"] if name == "resnet-co" else []
+    assert printed[len(runs):-1] == autoattack and printed[-1].startswith("zerograd report ")
 
 
 def test_resnet_co_has_three_seeds_for_every_deciding_row():
@@ -156,4 +160,88 @@ def test_a_seed_given_twice_is_refused_before_any_work(tmp_path):
     exp = write_experiment(tmp_path)
     with pytest.raises(ConfigError, match="seed 0 is given twice for run 'fgsm_rs'"):
         reproduce(str(exp), tmp_path / "out", seeds=[0, 0], quiet=True)
+    assert not (tmp_path / "out").exists()
+
+
+def _with_autoattack(exp, block):
+    spec = yaml.safe_load(exp.read_text())
+    spec["autoattack"] = block
+    exp.write_text(yaml.safe_dump(spec))
+    return exp
+
+
+def _autoattacked(folder) -> list[str]:
+    return sorted(p.name for p in (folder / "evals").glob("autoattack-*.json"))
+
+
+FAST_AA = {"version": "custom", "attacks": ["apgd-ce"]}
+
+
+def test_reproduce_autoattacks_the_first_surviving_run_of_each_row(tmp_path, monkeypatch, capsys):
+    """With `autoattack: {per_row: 1}`, a run that does not overfit is attacked right after it
+    trains, while its checkpoint is there; the row's next seed is not, nor is a run whose
+    collapse persists; the results file is kept with the small files."""
+    from zerograd import reproduce as reproduce_module
+
+    exp = _with_autoattack(write_experiment(tmp_path), {**FAST_AA, "per_row": 1})
+    out, keep = tmp_path / "out", tmp_path / "kept"
+    reproduce(str(exp), out, only=["fgsm_rs"], keep=keep, quiet=True)
+    assert _autoattacked(out / "fgsm_rs-s0") == ["autoattack-custom-apgd-ce-last-n50.json"]
+    assert _autoattacked(keep / "fgsm_rs-s0") == _autoattacked(out / "fgsm_rs-s0")
+    assert _autoattacked(out / "fgsm_rs-s1") == []
+    # the final model on its final evaluation's images and eps, as the report matches it
+    result = autoattack_eval(read_run(keep / "fgsm_rs-s0"), "custom", ("apgd-ce",))
+    assert result is not None and result["robust_acc"] <= result["clean_acc"]
+    assert autoattack_eval(read_run(keep / "fgsm_rs-s0")) is None  # not a standard one
+    # every survivor (no per_row): s1 now, s0 not attacked again; a collapsed run never
+    exp = _with_autoattack(exp, FAST_AA)
+    stamp = (out / "fgsm_rs-s0" / "evals").stat().st_mtime_ns
+    real = reproduce_module.persistent_co_epoch
+    monkeypatch.setattr(reproduce_module, "persistent_co_epoch",
+                        lambda r: 1 if r.name == "zg-s3" else real(r))
+    reproduce(str(exp), out, keep=keep, quiet=True)
+    assert _autoattacked(out / "fgsm_rs-s1") == ["autoattack-custom-apgd-ce-last-n50.json"]
+    assert (out / "fgsm_rs-s0" / "evals").stat().st_mtime_ns == stamp
+    assert RunFolder(out / "zg-s3").finished and _autoattacked(out / "zg-s3") == []
+    assert main(["reproduce", str(exp), "--dry-run", "--out", str(out)]) == 0
+    assert "# after each run that does not overfit: zerograd eval " \
+           f"{out / '<run>'} --attack autoattack --version custom --attacks apgd-ce --n 50" in capsys.readouterr().out
+
+
+def test_a_kept_run_is_not_trained_again_and_a_survivor_without_checkpoint_is_named(tmp_path, capsys):
+    """OUT lost (a new machine), KEEP in the repository: the kept runs count as done and the
+    report is built from them; a survivor that still lacks AutoAttack is named, not retrained."""
+    import shutil
+
+    exp = write_experiment(tmp_path)
+    out, keep = tmp_path / "out", tmp_path / "kept"
+    reproduce(str(exp), out, only=["zg"], keep=keep, quiet=True)
+    shutil.rmtree(out)
+    exp = _with_autoattack(exp, FAST_AA)
+    report = reproduce(str(exp), out, only=["zg"], keep=keep)
+    err = capsys.readouterr().err
+    assert not (out / "zg-s3").exists() and "zg-s3: finished earlier, kept in" in err
+    assert "zg-s3: no AutoAttack: its last checkpoint is gone" in err
+    assert "| zerograd q=0.25 | zg-s3 | 1 |" in report.read_text()
+    assert main(["reproduce", str(exp), "--dry-run", "--out", str(out), "--keep", str(keep), "--only", "zg"]) == 0
+    assert f"zerograd report {keep / 'zg-s3'} --out {out}" in capsys.readouterr().out
+    # a kept run of another config is trained again (into OUT) and kept anew
+    exp.write_text(exp.read_text().replace("q: 0.25", "q: 0.3"))
+    reproduce(str(exp), out, only=["zg"], keep=keep, quiet=True)
+    assert RunFolder(out / "zg-s3").finished and RunFolder(keep / "zg-s3").read_config().method_args["q"] == 0.3
+
+
+@pytest.mark.parametrize("block, message", [
+    ({"per_row": 0}, "autoattack per_row=0 is invalid: must be a whole number >= 1"),
+    ({"per_row": True}, "autoattack per_row=True is invalid"),
+    ({"version": "standrd"}, "autoattack: unknown AutoAttack version 'standrd' (did you mean 'standard'?)"),
+    ({"version": "custom"}, "autoattack: version='custom' needs attacks="),
+    ({"n": 100}, "'autoattack' must be a mapping of version, attacks, per_row"),
+    ("standard", "'autoattack' must be a mapping of"),
+    ({"attacks": "apgd-ce", "version": "custom"}, "autoattack needs version as text and attacks as a list"),
+])
+def test_a_bad_autoattack_block_is_one_line_before_any_run(tmp_path, block, message):
+    exp = _with_autoattack(write_experiment(tmp_path), block)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        reproduce(str(exp), tmp_path / "out", quiet=True)
     assert not (tmp_path / "out").exists()

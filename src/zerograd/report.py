@@ -53,13 +53,15 @@ def final_eval(run: RunRecord) -> dict | None:
     return next((e for name, e in run.evals if name == RESULT), None)
 
 
-def autoattack_eval(run: RunRecord) -> dict | None:
-    """The run's standard AutoAttack result of the checkpoint, images and eps its eval.json
-    used (the newest, if several), so the column compares the same model on the same points
-    under the same budget."""
+def autoattack_eval(run: RunRecord, version: str = "standard",
+                    attacks: tuple[str, ...] | None = None) -> dict | None:
+    """The run's AutoAttack result (standard, unless `version`; a custom one with exactly
+    `attacks`) of the checkpoint, images and eps its eval.json used (the newest, if several),
+    so the column compares the same model on the same points under the same budget."""
     final = final_eval(run) or {}
     same = [e for _, e in run.evals if (e.get("attack") or {}).get("name") == "autoattack"
-            and (e["attack"].get("version") or "standard") == "standard"
+            and (e["attack"].get("version") or "standard") == version
+            and (version != "custom" or tuple(e["attack"].get("attacks") or ()) == tuple(attacks or ()))
             and _checkpoint_kind(e) == final.get("checkpoint") and e.get("n") == final.get("n")
             and e.get("checkpoint_epoch") == final.get("checkpoint_epoch") and _same_eps(e, final)]
     return max(same, key=lambda e: str(e.get("created", "")), default=None)

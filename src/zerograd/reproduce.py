@@ -4,8 +4,10 @@ An experiment is a YAML file in `experiments/` (or a path): `base` config keys s
 runs, `seeds`, and `runs`, a mapping name -> config keys (a run may set its own `seeds`); and
 optionally `predictions`, claims written down before the runs ({claim, row, expect: overfits |
 does_not_overfit | reaches | rescued_by_rollback, and bar: ROW for the last two}), which the
-report judges.
-Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json is kept (a
+report judges, and `autoattack` ({version, attacks, per_row}): AutoAttack of each run that does
+not overfit, right after it trains, while its checkpoint is at hand.
+Runs land in OUT/<name>-s<seed>; a run whose folder already holds eval.json (or whose small
+files KEEP holds, of the same config) is not trained again (a
 finished run of another config there, e.g. after the experiment file changed, is refused
 before any work rather than reported as this one), and an interrupted run of the same config
 is resumed from its last checkpoint, so an interrupted reproduction continues where it stopped. Every config is validated before the
@@ -17,17 +19,20 @@ without rerunning.
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from .analysis import EXPECTATIONS, Prediction
+from .analysis import EXPECTATIONS, Prediction, persistent_co_epoch, read_run
+from .autoattack import resolve_plan
 from .config import Config, apply, validate
 from .errors import ConfigError
 from .files import read_yaml
 from .models import is_user_model
 from .registry import did_you_mean
-from .report import build_report
+from .evaluate import evaluate_path
+from .report import autoattack_eval, build_report, final_eval
 from .runfolder import RunFolder, differences
 from .train import train
 
@@ -49,6 +54,7 @@ def read_experiment(name: str) -> dict:
     if not isinstance(spec, dict) or not isinstance(spec.get("runs"), dict) or not spec["runs"]:
         raise ConfigError(f"experiment {str(path)!r} needs a non-empty 'runs' mapping")
     _predictions(spec, str(path))  # a bad prediction is refused before any run
+    _autoattack(spec, str(path))
     return spec
 
 
@@ -86,6 +92,51 @@ def _predictions(spec: dict, where: str) -> list[Prediction]:
         out.append(Prediction(e["claim"], e["row"], e["expect"], planned["row"], e.get("bar"),
                               planned.get("bar", ())))
     return out
+
+
+@dataclass(frozen=True)
+class AutoAttackPlan:
+    """The experiment's `autoattack` block: AutoAttack of a run's final model on the images of
+    its own final evaluation (test_n), for each run that does not overfit (no collapse that
+    lasts to its last epoch), at most `per_row` runs of a row (None: all of them)."""
+    version: str = "standard"
+    attacks: tuple[str, ...] | None = None
+    per_row: int | None = None
+
+    def command(self, run: Path, n: int | None) -> str:
+        attacks = f" --attacks {' '.join(self.attacks)}" if self.attacks else ""
+        images = f" --n {n}" if n is not None else ""
+        return f"zerograd eval {run} --attack autoattack --version {self.version}{attacks}{images}"
+
+
+AUTOATTACK_KEYS = ("version", "attacks", "per_row")
+
+
+def _autoattack(spec: dict, where: str) -> AutoAttackPlan | None:
+    block = spec.get("autoattack")
+    if block is None:
+        return None
+    if not isinstance(block, dict) or not set(block) <= set(AUTOATTACK_KEYS):
+        raise ConfigError(f"experiment {where!r}: 'autoattack' must be a mapping of "
+                          f"{', '.join(AUTOATTACK_KEYS)} (each optional), got {block!r}")
+    per_row = block.get("per_row")
+    if per_row is not None and (type(per_row) is not int or per_row < 1):
+        raise ConfigError(f"experiment {where!r}: autoattack per_row={per_row!r} is invalid: must be a "
+                          "whole number >= 1 (or left out: every run that does not overfit)")
+    version, attacks = block.get("version", "standard"), block.get("attacks")
+    if not isinstance(version, str) or not (attacks is None or isinstance(attacks, list)):
+        raise ConfigError(f"experiment {where!r}: autoattack needs version as text and attacks as a "
+                          f"list, got version={version!r}, attacks={attacks!r}")
+    try:
+        resolve_plan(version, attacks, None)
+    except ConfigError as e:
+        raise ConfigError(f"experiment {where!r}: autoattack: {e}") from None
+    return AutoAttackPlan(version, tuple(attacks) if attacks else None, per_row)
+
+
+def autoattack_plan(name: str) -> AutoAttackPlan | None:
+    """The experiment's `autoattack` block, None if it has none."""
+    return _autoattack(read_experiment(name), name)
 
 
 def _planned_runs(spec: dict, row: str, where: str) -> tuple[str, ...]:
@@ -182,7 +233,10 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
               only: list[str] | None = None, dry_run: bool = False, data_dir: str | None = None,
               quiet: bool = False, keep: str | Path | None = None) -> Path | None:
     """Train the experiment's runs that are not done yet, then write OUT/report.md. With
-    `keep`, copy every finished run's small files to KEEP/<run> (those finished earlier too)."""
+    `keep`, copy every finished run's small files to KEEP/<run> (those finished earlier too);
+    a run KEEP holds of the same config counts as done, even when OUT no longer has it. With
+    the experiment's `autoattack` block, attack each run that does not overfit right after it
+    trains."""
     runs = plan(name, seeds=seeds, only=only, data_dir=data_dir)
     out = Path(out) if out is not None else Path("runs") / Path(name).stem
     keep = Path(keep) if keep is not None else None
@@ -197,21 +251,94 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
     if dry_run:
         for folder, cfg in runs:
             print(command_line(cfg, out / folder))
+        aa = autoattack_plan(name)
+        if aa is not None:
+            most = "" if aa.per_row is None else f" (the first {aa.per_row} of its row)"
+            print(f"# after each run that does not overfit{most}: "
+                  f"{aa.command(out / '<run>', runs[0][1].test_n if runs else None)}")
         judge = f" --experiment {name}" if predictions(name) else ""
-        print(f"zerograd report {' '.join(str(out / f) for f, _ in runs)} --out {out}{judge}")
+        folders = [(_kept_instead(out, keep, f, cfg) or RunFolder(out / f)).path for f, cfg in runs]
+        print(f"zerograd report {' '.join(map(str, folders))} --out {out}{judge}")
         if keep is not None:
             print(f"# each finished run's small files are copied to {keep}/<run>")
         return None
+    spec = read_experiment(name)
+    aa = _autoattack(spec, name)
+    reported = []
     for i, (folder, cfg) in enumerate(runs, 1):
         run = RunFolder(out / folder)
+        kept = RunFolder(keep / folder) if keep is not None else None
+        # the experiment file is the user's own input to this run: its model spec is theirs
+        own = cfg.model if is_user_model(cfg.model) else None
+        instead = _kept_instead(out, keep, folder, cfg)
+        if instead is not None:  # the report needs its small files only
+            if not quiet:
+                print(f"[{i}/{len(runs)}] {folder}: finished earlier, kept in {keep}", file=sys.stderr, flush=True)
+            reported.append(instead.path)
+            if aa is not None:
+                _wants_autoattack(instead, folder, aa, spec, out, keep)  # names it if it lacks one
+            continue
         if not run.finished:
             resume = interrupted(run, cfg)
             if not quiet:
                 how = " (resumed from its last checkpoint)" if resume else ""
                 print(f"[{i}/{len(runs)}] {folder}{how}", file=sys.stderr, flush=True)
-            # the experiment file is the user's own input to this run: its model spec is theirs
-            own = cfg.model if is_user_model(cfg.model) else None
             train(cfg, run.path, quiet=True, force=not resume, resume=resume, model=own)
-        if keep is not None and run.finished:  # a run the guard stopped has no results to keep
-            run.keep_small_files(keep / folder)
-    return build_report([out / f for f, _ in runs], out, predictions=predictions(name))
+        reported.append(run.path)
+        if kept is not None and run.finished:  # a run the guard stopped has no results to keep
+            run.keep_small_files(kept.path)
+        if aa is not None and run.finished and _wants_autoattack(run, folder, aa, spec, out, keep):
+            if not quiet:
+                print(f"[{i}/{len(runs)}] {folder}: AutoAttack ({aa.version})", file=sys.stderr, flush=True)
+            evaluate_path(run.path, attack="autoattack", version=aa.version,
+                          attacks=list(aa.attacks) if aa.attacks else None,
+                          n=final_eval(read_run(run.path))["n"], which=_scored(run), device=cfg.device,
+                          data_dir=cfg.data_dir, quiet=quiet, model=own)
+            if kept is not None:
+                run.keep_small_files(kept.path)
+    return build_report(reported, out, predictions=predictions(name))
+
+
+def _kept_instead(out: Path, keep: Path | None, folder: str, cfg: Config) -> RunFolder | None:
+    """KEEP's copy of a run that OUT has not finished but that finished earlier, of this very
+    config: it needs no training again (its checkpoints may be long gone). None otherwise."""
+    if keep is None or RunFolder(out / folder).finished or not RunFolder(keep / folder).finished:
+        return None
+    try:
+        return None if _other_config(RunFolder(keep / folder), cfg) else RunFolder(keep / folder)
+    except ConfigError:  # an unreadable config.yaml: train it again
+        return None
+
+
+def _scored(run: RunFolder) -> str:
+    """The checkpoint the run's final evaluation scored ('last' or 'best')."""
+    return final_eval(read_run(run.path)).get("checkpoint") or "last"
+
+
+def _has_autoattack(path: Path, aa: AutoAttackPlan) -> bool:
+    """A finished run folder holding AutoAttack results of its final model, as the plan asks."""
+    if not RunFolder(path).finished:
+        return False
+    return autoattack_eval(read_run(path), aa.version, aa.attacks) is not None
+
+
+def _wants_autoattack(run: RunFolder, folder: str, aa: AutoAttackPlan, spec: dict, out: Path,
+                      keep: Path | None) -> bool:
+    """A finished run is attacked if it does not overfit, has no such result yet (here or in
+    KEEP), its row has fewer than `per_row` (in OUT or KEEP) and its checkpoint is at hand
+    (one that is not is named on stderr)."""
+    if _has_autoattack(run.path, aa) or (keep is not None and _has_autoattack(keep / folder, aa)):
+        return False
+    if persistent_co_epoch(read_run(run.path)) is not None:
+        return False
+    row = folder.rsplit("-s", 1)[0]  # plan names a run folder ROW-s<seed>
+    if aa.per_row is not None:
+        peers = _planned_runs(spec, row, f"experiment row {row!r}")
+        done = sum(_has_autoattack(out / f, aa) or (keep is not None and _has_autoattack(keep / f, aa))
+                   for f in peers)
+        if done >= aa.per_row:
+            return False
+    if not run.checkpoint(_scored(run)).is_file():
+        print(f"{folder}: no AutoAttack: its {_scored(run)} checkpoint is gone", file=sys.stderr, flush=True)
+        return False
+    return True
