@@ -185,7 +185,10 @@ def test_reproduce_autoattacks_the_first_surviving_run_of_each_row(tmp_path, mon
 
     exp = _with_autoattack(write_experiment(tmp_path), {**FAST_AA, "per_row": 1})
     out, keep = tmp_path / "out", tmp_path / "kept"
-    reproduce(str(exp), out, only=["fgsm_rs"], keep=keep, quiet=True)
+    assert main(["reproduce", str(exp), "--out", str(out), "--only", "fgsm_rs", "--seeds", "0",
+                 "--keep", str(keep), "--quiet", "--no-autoattack"]) == 0
+    assert RunFolder(out / "fgsm_rs-s0").finished and _autoattacked(out / "fgsm_rs-s0") == []
+    reproduce(str(exp), out, only=["fgsm_rs"], keep=keep, quiet=True)  # s0 attacked now, not retrained
     assert _autoattacked(out / "fgsm_rs-s0") == ["autoattack-custom-apgd-ce-last-n50.json"]
     assert _autoattacked(keep / "fgsm_rs-s0") == _autoattacked(out / "fgsm_rs-s0")
     assert _autoattacked(out / "fgsm_rs-s1") == []

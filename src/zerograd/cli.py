@@ -222,7 +222,7 @@ def _selftest(args) -> int:
 
 def _reproduce(args) -> int:
     reproduce(args.name, args.out, seeds=args.seeds, only=args.only, dry_run=args.dry_run,
-              data_dir=args.data_dir, quiet=args.quiet, keep=args.keep)
+              data_dir=args.data_dir, quiet=args.quiet, keep=args.keep, autoattack=not args.no_autoattack)
     return 0
 
 
@@ -379,6 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
     p.add_argument("--keep", metavar="DIR", help="copy each finished run's small files (config, "
                    "metrics, results; no checkpoints) to DIR/<run>, e.g. a folder under docs/")
+    p.add_argument("--no-autoattack", action="store_true", help="train only: leave the experiment's "
+                   "AutoAttack of the runs that do not overfit to a later call (it needs their checkpoints)")
     p.set_defaults(func=_reproduce)
     return parser
 

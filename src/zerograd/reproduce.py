@@ -231,12 +231,12 @@ def interrupted(run: RunFolder, cfg: Config) -> bool:
 
 def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | None = None,
               only: list[str] | None = None, dry_run: bool = False, data_dir: str | None = None,
-              quiet: bool = False, keep: str | Path | None = None) -> Path | None:
+              quiet: bool = False, keep: str | Path | None = None, autoattack: bool = True) -> Path | None:
     """Train the experiment's runs that are not done yet, then write OUT/report.md. With
     `keep`, copy every finished run's small files to KEEP/<run> (those finished earlier too);
     a run KEEP holds of the same config counts as done, even when OUT no longer has it. With
-    the experiment's `autoattack` block, attack each run that does not overfit right after it
-    trains."""
+    the experiment's `autoattack` block (and `autoattack`), attack each run that does not
+    overfit right after it trains."""
     runs = plan(name, seeds=seeds, only=only, data_dir=data_dir)
     out = Path(out) if out is not None else Path("runs") / Path(name).stem
     keep = Path(keep) if keep is not None else None
@@ -263,7 +263,7 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             print(f"# each finished run's small files are copied to {keep}/<run>")
         return None
     spec = read_experiment(name)
-    aa = _autoattack(spec, name)
+    aa = _autoattack(spec, name) if autoattack else None
     reported = []
     for i, (folder, cfg) in enumerate(runs, 1):
         run = RunFolder(out / folder)
