@@ -605,7 +605,11 @@ def test_the_shipped_experiments_predictions_name_their_rows():
     ([0.30, 0.32, 0.34], [0.20, 0.25, 0.30], "held"),
     ([0.20, 0.25, 0.30], [0.27, 0.28, 0.29], "held"),  # 0.25 >= 0.28 - 0.05 (the larger std), not - 0.01
     ([0.10, 0.11, 0.12], [0.25, 0.26, 0.27], "did not hold"),
-    ([0.30, 0.32], [0.0, 0.0, 0.0], "pending"),  # a seed of the row still to come
+    ([0.25, 0.30], [0.20, 0.25, 0.30], "pending"),  # the seed to come at 0 %: 0.183 < 0.25 - 0.05
+    ([0.30], [0.20, 0.25, 0.30], "pending"),  # 0.10 if the seeds to come are at 0 %
+    ([0.30, 0.32], [0.20, 0.25, 0.30], "held"),  # 0.207 >= 0.20 even if the seed to come is at 0 %
+    ([0.30, 0.32], [0.0, 0.0, 0.0], "held"),
+    ([0.0], [0.0, 0.0, 0.0], "held"),  # a collapsed bar is reached by anything (and the page says so)
     ([0.30, 0.32, 0.34], [0.0], "pending"),  # seeds of the bar still to come
 ])
 def test_a_row_reaches_a_bar_when_its_mean_is_within_the_spread_once_all_seeds_are_in(robust, bar, judged):

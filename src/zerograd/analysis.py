@@ -239,9 +239,13 @@ def reaches(prediction: Prediction, robust: list[float], bar_robust: list[float]
     """'held' or 'did not hold' once every planned seed of the row and of its bar has a final
     robust accuracy, else 'pending': the row reaches the bar if its mean is at least the bar's
     mean minus the larger of the two standard deviations (a difference inside the spread of the
-    seeds is not a difference)."""
-    if len(robust) < prediction.seeds or len(bar_robust) < prediction.bar_seeds or not robust or not bar_robust:
+    seeds is not a difference). 'held' comes early, once the bar is complete, if it would hold
+    even were every seed still to come at 0 % (the larger std is never below the bar's)."""
+    if len(bar_robust) < prediction.bar_seeds or not bar_robust or not robust:
         return "pending"
+    if len(robust) < prediction.seeds:
+        lowest_mean = sum(robust) / prediction.seeds
+        return "held" if lowest_mean >= statistics.mean(bar_robust) - _std(bar_robust) else "pending"
     spread = max(_std(robust), _std(bar_robust))
     return "held" if statistics.mean(robust) >= statistics.mean(bar_robust) - spread else "did not hold"
 
