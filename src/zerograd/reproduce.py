@@ -276,7 +276,7 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
                 print(f"[{i}/{len(runs)}] {folder}: finished earlier, kept in {keep}", file=sys.stderr, flush=True)
             reported.append(instead.path)
             if aa is not None:
-                _wants_autoattack(instead, folder, aa, spec, out, keep)  # names it if it lacks one
+                _autoattack_target(instead, folder, aa, spec, out, keep)  # names it if it lacks one
             continue
         if not run.finished:
             resume = interrupted(run, cfg)
@@ -287,13 +287,14 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
         reported.append(run.path)
         if kept is not None and run.finished:  # a run the guard stopped has no results to keep
             run.keep_small_files(kept.path)
-        if aa is not None and run.finished and _wants_autoattack(run, folder, aa, spec, out, keep):
+        target = _autoattack_target(run, folder, aa, spec, out, keep) if aa is not None and run.finished else None
+        if target is not None:
             if not quiet:
                 print(f"[{i}/{len(runs)}] {folder}: AutoAttack ({aa.version})", file=sys.stderr, flush=True)
+            which, n = target
             evaluate_path(run.path, attack="autoattack", version=aa.version,
-                          attacks=list(aa.attacks) if aa.attacks else None,
-                          n=final_eval(read_run(run.path))["n"], which=_scored(run), device=cfg.device,
-                          data_dir=cfg.data_dir, quiet=quiet, model=own)
+                          attacks=list(aa.attacks) if aa.attacks else None, n=n, which=which,
+                          device=cfg.device, data_dir=cfg.data_dir, quiet=quiet, model=own)
             if kept is not None:
                 run.keep_small_files(kept.path)
     return build_report(reported, out, predictions=predictions(name))
@@ -310,11 +311,6 @@ def _kept_instead(out: Path, keep: Path | None, folder: str, cfg: Config) -> Run
         return None
 
 
-def _scored(run: RunFolder) -> str:
-    """The checkpoint the run's final evaluation scored ('last' or 'best')."""
-    return final_eval(read_run(run.path)).get("checkpoint") or "last"
-
-
 def _has_autoattack(path: Path, aa: AutoAttackPlan) -> bool:
     """A finished run folder holding AutoAttack results of its final model, as the plan asks."""
     if not RunFolder(path).finished:
@@ -322,23 +318,27 @@ def _has_autoattack(path: Path, aa: AutoAttackPlan) -> bool:
     return autoattack_eval(read_run(path), aa.version, aa.attacks) is not None
 
 
-def _wants_autoattack(run: RunFolder, folder: str, aa: AutoAttackPlan, spec: dict, out: Path,
-                      keep: Path | None) -> bool:
-    """A finished run is attacked if it does not overfit, has no such result yet (here or in
-    KEEP), its row has fewer than `per_row` (in OUT or KEEP) and its checkpoint is at hand
-    (one that is not is named on stderr)."""
+def _autoattack_target(run: RunFolder, folder: str, aa: AutoAttackPlan, spec: dict, out: Path,
+                       keep: Path | None) -> tuple[str, int] | None:
+    """(checkpoint, images) of the final evaluation if this finished run is to be attacked: it
+    does not overfit, has no such result yet (here or in KEEP), its row has fewer than
+    `per_row` (in OUT or KEEP) and that checkpoint is at hand (one that is not is named on
+    stderr); else None."""
     if _has_autoattack(run.path, aa) or (keep is not None and _has_autoattack(keep / folder, aa)):
-        return False
-    if persistent_co_epoch(read_run(run.path)) is not None:
-        return False
+        return None
+    record = read_run(run.path)
+    if persistent_co_epoch(record) is not None:
+        return None
     row = folder.rsplit("-s", 1)[0]  # plan names a run folder ROW-s<seed>
     if aa.per_row is not None:
         peers = _planned_runs(spec, row, f"experiment row {row!r}")
         done = sum(_has_autoattack(out / f, aa) or (keep is not None and _has_autoattack(keep / f, aa))
                    for f in peers)
         if done >= aa.per_row:
-            return False
-    if not run.checkpoint(_scored(run)).is_file():
-        print(f"{folder}: no AutoAttack: its {_scored(run)} checkpoint is gone", file=sys.stderr, flush=True)
-        return False
-    return True
+            return None
+    final = final_eval(record)
+    which = final.get("checkpoint") if final.get("checkpoint") in ("last", "best") else "last"
+    if not run.checkpoint(which).is_file():
+        print(f"{folder}: no AutoAttack: its {which} checkpoint is gone", file=sys.stderr, flush=True)
+        return None
+    return which, final["n"]
