@@ -165,11 +165,16 @@ def _at_end_cell(onsets: list[int | None]) -> str:
 
 
 def _autoattack_cell(members: list[RunRecord]) -> str:
-    """mean +- std of standard AutoAttack over the runs that have it ('(k/n)' when only some do)."""
-    found = [e for e in map(autoattack_eval, members) if e is not None]
+    """mean +- std of standard AutoAttack over the runs that have it; when only some do, the
+    seeds it is of ('31.80 (seed 0)'), since it is often run on one seed of a setting."""
+    found = [(r, e) for r in members if (e := autoattack_eval(r)) is not None]
     if not found:
         return "-"
-    return _of_runs([e["robust_acc"] for e in found], len(members))
+    cell = mean_std([e["robust_acc"] for _, e in found])
+    if len(found) == len(members):
+        return cell
+    seeds = [str(r.config.get("seed", "?")) for r, _ in found]
+    return f"{cell} (seed{'s' if len(seeds) > 1 else ''} {', '.join(seeds)})"
 
 
 def _attack_name(e: dict) -> str:
@@ -374,7 +379,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
              "PGD accuracy stays below half its best to the last epoch; not a dip the run recovered from or a "
              "collapse rolled back), with the epoch it began. "
              "AutoAttack: the standard AutoAttack result (`zerograd eval RUN --attack autoattack`) of the "
-             "same checkpoint, images and eps as `eval.json`, where one exists."), ""]
+             "same checkpoint, images and eps as `eval.json`, where one exists ('(seed 0)': of those "
+             "seeds only)."), ""]
     lines += comparison_table(runs)
     if len(runs) > 1:
         plot_overview(runs, plots / "overview.png")
