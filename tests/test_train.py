@@ -9,7 +9,8 @@ import torch
 from zerograd import Hook, Rollback, Stop, load_config, train
 from zerograd.checkpoint import load_checkpoint
 from zerograd.runfolder import RunFolder
-from zerograd.training.state import TrainState
+
+from .test_guard import spy_on_rollbacks
 
 FAST = ["epochs=3", "test_restarts=1", "test_pgd_steps=10", "model_args.width=8"]
 
@@ -74,15 +75,7 @@ class RollbackOnce(Hook):
 
 
 def test_rollback_restores_saved_weights_and_raises_q(tmp_path, monkeypatch):
-    restored = {}
-    original = TrainState.load_weights
-
-    def spy(state, ckpt, source):
-        original(state, ckpt, source)
-        restored["weights"] = {k: v.clone() for k, v in state.model.state_dict().items()}
-        restored["epoch"] = state.epoch
-
-    monkeypatch.setattr(TrainState, "load_weights", spy)
+    restored = spy_on_rollbacks(monkeypatch)
     cb = RollbackOnce()
     run = train(load_config("quickstart", FAST + ["method_args.q=0.2"]), tmp_path / "r",
                 quiet=True, callbacks=[cb])
