@@ -30,7 +30,7 @@ def test_resnet_experiments_plan_and_validate(name, capsys):
     assert main(["reproduce", name, "--dry-run", "--out", "runs/x"]) == 0
     printed = capsys.readouterr().out.splitlines()
     assert [line for line in printed if line.startswith("zerograd train ")] == printed[:len(runs)]
-    autoattack = ["# after each run that does not overfit (the first 1 of its row): zerograd eval "
+    autoattack = ["# after each run that does not overfit (one per row): zerograd eval "
                   "runs/x/<run> --attack autoattack --version standard --n 1000"] if name == "resnet-co" else []
     assert printed[len(runs):-1] == autoattack and printed[-1].startswith("zerograd report ")
 

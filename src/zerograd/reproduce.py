@@ -253,7 +253,7 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             print(command_line(cfg, out / folder))
         aa = autoattack_plan(name)
         if aa is not None:
-            most = "" if aa.per_row is None else f" (the first {aa.per_row} of its row)"
+            most = {None: "", 1: " (one per row)"}.get(aa.per_row, f" (the first {aa.per_row} of its row)")
             print(f"# after each run that does not overfit{most}: "
                   f"{aa.command(out / '<run>', runs[0][1].test_n if runs else None)}")
         judge = f" --experiment {name}" if predictions(name) else ""
