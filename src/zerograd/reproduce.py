@@ -28,10 +28,10 @@ from .analysis import EXPECTATIONS, Prediction, persistent_co_epoch, read_run
 from .autoattack import resolve_plan
 from .config import Config, apply, validate
 from .errors import ConfigError
+from .evaluate import evaluate_path
 from .files import read_yaml
 from .models import is_user_model
 from .registry import did_you_mean
-from .evaluate import evaluate_path
 from .report import autoattack_eval, build_report, final_eval
 from .runfolder import RunFolder, differences
 from .train import train
