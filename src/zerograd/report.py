@@ -390,7 +390,8 @@ def build_report(paths: list[str | Path], out: str | Path | None = None, *,
                   ("The experiment's predictions, judged from the runs given here: \"overfits\" needs a "
                    "collapse that persists (CO at end) in a majority of the planned seeds, \"does not overfit\" "
                    "in none; a row reaches another's accuracy if its mean final robust accuracy is at least the "
-                   "other's minus the larger standard deviation, judged once both have all their seeds; rescued by "
+                   "other's minus the larger standard deviation, judged once both have all their seeds (held "
+                   "sooner, once the bar has them, if it would hold even with the seeds to come at 0 %); rescued by "
                    "rolling back: the guard detected CO in most seeds, and each of those ended, not stopped, at the "
                    "bar's accuracy (could not be tested if too few seeds overfit). Pending "
                    "while the seeds still to come could change it. Only runs with an `eval.json` count."), ""]
