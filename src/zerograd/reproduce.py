@@ -249,18 +249,7 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             raise ConfigError(f"{str(stale.path)!r} holds a finished run of another config "
                               f"({diff}): delete it, or choose another --out")
     if dry_run:
-        for folder, cfg in runs:
-            print(command_line(cfg, out / folder))
-        aa = autoattack_plan(name)
-        if aa is not None:
-            most = {None: "", 1: " (one per row)"}.get(aa.per_row, f" (the first {aa.per_row} of its row)")
-            print(f"# after each run that does not overfit{most}: "
-                  f"{aa.command(out / '<run>', runs[0][1].test_n if runs else None)}")
-        judge = f" --experiment {name}" if predictions(name) else ""
-        folders = [(_kept_instead(out, keep, f, cfg) or RunFolder(out / f)).path for f, cfg in runs]
-        print(f"zerograd report {' '.join(map(str, folders))} --out {out}{judge}")
-        if keep is not None:
-            print(f"# each finished run's small files are copied to {keep}/<run>")
+        _print_commands(name, runs, out, keep)
         return None
     spec = read_experiment(name)
     aa = _autoattack(spec, name) if autoattack else None
@@ -298,6 +287,22 @@ def reproduce(name: str, out: str | Path | None = None, *, seeds: list[int] | No
             if kept is not None:
                 run.keep_small_files(kept.path)
     return build_report(reported, out, predictions=predictions(name))
+
+
+def _print_commands(name: str, runs: list[tuple[str, Config]], out: Path, keep: Path | None) -> None:
+    """--dry-run: the train commands, the AutoAttack that follows a surviving run, the report."""
+    for folder, cfg in runs:
+        print(command_line(cfg, out / folder))
+    aa = autoattack_plan(name)
+    if aa is not None:
+        most = {None: "", 1: " (one per row)"}.get(aa.per_row, f" (the first {aa.per_row} of its row)")
+        print(f"# after each run that does not overfit{most}: "
+              f"{aa.command(out / '<run>', runs[0][1].test_n if runs else None)}")
+    judge = f" --experiment {name}" if predictions(name) else ""
+    folders = [(_kept_instead(out, keep, f, cfg) or RunFolder(out / f)).path for f, cfg in runs]
+    print(f"zerograd report {' '.join(map(str, folders))} --out {out}{judge}")
+    if keep is not None:
+        print(f"# each finished run's small files are copied to {keep}/<run>")
 
 
 def _kept_instead(out: Path, keep: Path | None, folder: str, cfg: Config) -> RunFolder | None:
