@@ -700,3 +700,24 @@ def test_a_prediction_without_seeds_or_a_predictions_mapping_is_refused(tmp_path
     exp.write_text(yaml.safe_dump({**spec, **change}))
     with pytest.raises(ConfigError, match=message):
         plan(str(exp))
+
+
+def test_the_overview_legend_of_a_panel_names_only_what_its_settings_differ_in(tmp_path, monkeypatch):
+    """One panel per eps: its title says the eps, so its legend does not repeat it (nor the
+    attack steps that go with it), and still tells its settings apart."""
+    import matplotlib.pyplot as plt
+
+    from zerograd.plots import plot_overview
+    runs = []
+    for name, eps, alpha in (("a", 8, 2.0), ("b", 8, 1.25), ("c", 16, 0.875), ("d", 16, 0.75)):
+        folder = make_run(tmp_path / name, seed=0, pgd=[0.1, 0.2], fgsm=[0.2, 0.3], robust=0.1, args={"alpha": alpha})
+        cfg = yaml.safe_load((folder / "config.yaml").read_text())
+        (folder / "config.yaml").write_text(yaml.safe_dump({**cfg, "eps": eps / 255, "val_alpha": 4 / eps}))
+        runs.append(read_run(folder))
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), real_close(fig)))
+    plot_overview(runs, tmp_path / "overview.png")
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in figures[0].axes]
+    assert [ax.get_title() for ax in figures[0].axes] == ["eps = 8/255", "eps = 16/255"]
+    assert legends == [["fgsm_rs alpha=2", "fgsm_rs alpha=1.25"], ["fgsm_rs alpha=0.875", "fgsm_rs alpha=0.75"]]

@@ -138,13 +138,15 @@ def plot_overview(runs: list[RunRecord], path: Path) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    names = distinct_labels([r.config for r in runs])
     groups = runs_by_eps(runs)
     counts = [len({setting_key(r.config) for r in group}) for group in groups.values()]
     fig, axes = plt.subplots(len(groups), 1, squeeze=False,
                              figsize=(9, sum(4.5 + 0.22 * c for c in counts)),
                              gridspec_kw={"height_ratios": [4.5 + 0.22 * c for c in counts]})
     for ax, (eps, group) in zip(axes[:, 0], groups.items()):
+        # a panel's labels tell its own settings apart: what they share (eps, its attack steps) is
+        # said once, by the title
+        names = distinct_labels([r.config for r in group])
         labels = list(dict.fromkeys(names[setting_key(r.config)] for r in group))
         # tab10's hues are distinct; tab20 pairs a dark and a light shade of each, read as one setting
         colours, count = (plt.get_cmap("tab10"), 10) if len(labels) <= 10 else (plt.get_cmap("tab20"), 20)
